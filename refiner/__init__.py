@@ -1,0 +1,1 @@
+"""xtallm refiner."""
