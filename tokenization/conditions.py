@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
 from pymatgen.core import Composition, Element, Structure
+from pymatgen.util.string import formula_double_format
 
 from .errors import ConditionError
 
@@ -40,12 +41,22 @@ def _formula(value: Any) -> str:
         comp = Composition(text)
     except Exception:
         raise ConditionError(f"formula: cannot parse {value!r} as a chemical formula") from None
-    if comp.num_atoms <= 0 or not comp.valid:
-        raise ConditionError(f"formula: {value!r} has no real elements")
     for el in comp.elements:
         if not isinstance(el, Element):
-            raise ConditionError(f"formula: {el} in {value!r} is not an element")
-    return comp.reduced_formula
+            raise ConditionError(f"formula: unknown element {str(el).rstrip('0+-')!r} in {value!r}")
+    if comp.num_atoms <= 0:
+        raise ConditionError(f"formula: {value!r} has no atoms")
+    return plain_formula(comp)
+
+
+def plain_formula(comp: Composition) -> str:
+    """Reduced formula without brackets (Dy2C(NO)2 -> Dy2CN2O2): one spelling per composition."""
+    reduced, _ = comp.get_reduced_composition_and_factor()
+    parts = []
+    for el, amount in sorted(reduced.items(), key=lambda kv: (kv[0].X, kv[0].symbol)):
+        count = formula_double_format(amount)
+        parts.append(f"{el.symbol}{'' if count == '1' else count}")
+    return "".join(parts)
 
 
 @dataclass(frozen=True)
@@ -158,7 +169,7 @@ def structure_conditions(structure: Structure, dim: int, group: int | None) -> d
     out: dict[str, Any] = {"dim": dim}
     if group is not None:
         out["sg" if dim == 3 else "lg"] = group
-    out["formula"] = comp.reduced_formula
+    out["formula"] = plain_formula(comp)
     out["elements"] = _elements([e.symbol for e in comp.elements])
     out["n_atoms"] = len(structure)
     if dim == 3:  # a layer's density depends on the vacuum: not a property of the layer

@@ -326,7 +326,7 @@ def layer_cell(structure: Structure) -> Structure:
     """Same layer with c perpendicular to (a, b) and the slab contiguous in fractional z.
 
     Layer symmetry searches need the aperiodic axis to be c and the atoms not to be
-    wrapped across the cell boundary along c. Cartesian positions are kept.
+    wrapped across the cell boundary along c. The layer is only rotated (a along x).
     """
     lat = structure.lattice
     a, b, c = lat.matrix
@@ -335,12 +335,16 @@ def layer_cell(structure: Structure) -> Structure:
     height = abs(float(np.dot(c, normal)))
     if height < 1e-6:
         raise EncodeError("layer cell has c in the plane of a and b")
-    frac = Lattice([a, b, normal * height]).get_fractional_coords(structure.cart_coords)
+    # Unwrap along the cell's own c (a lattice vector of the input), so an atom brought back
+    # across the boundary of a tilted cell lands where the layer continues.
+    frac = structure.frac_coords.copy()
+    frac[:, 2] = contiguous_z(frac[:, 2])
+    frac = Lattice([a, b, normal * height]).get_fractional_coords(frac @ lat.matrix)
     # same fractional coordinates in a standard orientation: a along x, b in the xy-plane
     gamma = float(np.degrees(np.arccos(np.dot(a, b) / np.linalg.norm(a) / np.linalg.norm(b))))
     new_lat = Lattice.from_parameters(np.linalg.norm(a), np.linalg.norm(b), height, 90.0, 90.0, gamma)
     frac[:, :2] -= np.floor(frac[:, :2])
-    z = contiguous_z(frac[:, 2])
+    z = frac[:, 2]
     frac[:, 2] = z - (z.max() + z.min()) / 2 + 0.5
     return Structure(new_lat, structure.species, frac, site_properties=structure.site_properties)
 

@@ -22,7 +22,7 @@ SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
 ELEMENTS = [el.symbol for el in Element if el.Z <= 103]
 WYCKOFF_LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["A"]
 KEYWORDS = ["sg", "lg", "alpha", "beta", "gamma"] + CONDITION_KEYS
-PUNCTUATION = [" ", "\n", ".", "-", "+", "=", ","]
+PUNCTUATION = [" ", "\n", ".", "-", "+", "=", ",", "(", ")"]
 DIGITS = [str(d) for d in range(10)]
 
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import warnings
+
+import numpy as np
 from typing import Any, Mapping
 
 from pymatgen.core import Structure
@@ -41,4 +43,7 @@ def parse_cif(text: str, what: str = "CIF") -> Structure:
             raise ParseError(f"{what}: {exc or type(exc).__name__}" + (f" ({detail})" if detail else "")) from None
     if not structures:
         raise ParseError(f"{what}: no structure could be read")
-    return structures[0]
+    structure = structures[0]
+    if not (np.isfinite(structure.frac_coords).all() and np.isfinite(structure.lattice.matrix).all()):
+        raise ParseError(f"{what}: non-finite lattice or coordinates")
+    return structure
