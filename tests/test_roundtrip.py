@@ -2,48 +2,20 @@
 
 from __future__ import annotations
 
-import warnings
-from concurrent.futures import ProcessPoolExecutor
-
 import pandas as pd
 import pytest
-from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Structure
 
 import tokenization
-from tokenization.errors import EncodeError
+from tokenization.check import roundtrip, roundtrip_many, summarize
 from tokenization.record import CrystalRecord, detect_group, layer_cell
 
 from .conftest import FIXTURES, read_shared
 
 
-def _roundtrip(args):
-    """(encoded, matched, group kept) for one CIF; runs in a worker process."""
-    cif, dim = args
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        s = Structure.from_str(cif, fmt="cif")
-    if dim == 2:
-        s = layer_cell(s)
-    fmt = tokenization.get_format("wyckoff", dim=dim)
-    try:
-        text = fmt.encode(s)
-    except EncodeError:
-        return False, False, False
-    record = fmt.decode_record(text)
-    if dim == 2:  # compare with the same vacuum as the original
-        z = s.cart_coords[:, 2]
-        fmt.vacuum = s.lattice.c - (z.max() - z.min())
-    rebuilt = record.to_structure(vacuum=fmt.vacuum)
-    matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
-    return True, bool(matcher.fit(s, rebuilt)), detect_group(rebuilt, dim, symprec=0.01) == record.group
-
-
 def _rates(cifs, dim):
-    with ProcessPoolExecutor(2) as pool:
-        results = list(pool.map(_roundtrip, [(c, dim) for c in cifs], chunksize=32))
-    encoded = sum(r[0] for r in results)
-    return encoded / len(results), sum(r[1] for r in results) / len(results), sum(r[2] for r in results) / max(encoded, 1)
+    summary = summarize(roundtrip_many(cifs, dim, num_proc=2))
+    return summary["encoded_rate"], summary["match_rate"], summary["group_kept_rate"]
 
 
 @pytest.mark.slow
@@ -103,3 +75,11 @@ def test_layer_in_a_tilted_and_wrapped_cell():
     a = tokenization.encode(s, dim=2)
     b = tokenization.encode(wrapped, dim=2)
     assert a == b
+
+
+def test_roundtrip_reports_what_failed():
+    result = roundtrip("not a cif")
+    assert not result.encoded and "not a CIF" in result.error
+    known = pd.read_csv(FIXTURES / "known_monolayers.csv")
+    ok = roundtrip(known.cif_layer_std[3], dim=2)
+    assert ok.encoded and ok.matched and ok.group_kept and ok.group == 80
