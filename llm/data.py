@@ -1,0 +1,151 @@
+"""Training examples: conditions prompt + crystal text + EOS, loss on the crystal only.
+
+Each example draws, from a seed that depends only on (seed, epoch, index), a random subset
+of its conditions (sometimes none, so one model serves conditional and unconditional prompts)
+and an augmented but equivalent text of its crystal. Deterministic draws make a resumed run
+see exactly the batches the interrupted one would have seen.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import PreTrainedTokenizerBase
+
+from tokenization import format_header, get_format
+from tokenization.augment import augmented_text
+from tokenization.data import PrepareOptions, prepare_dataset
+from tokenization.record import CrystalRecord
+
+from .config import DataConfig
+
+IGNORE_INDEX = -100
+
+
+def load_sources(sources: list[str], cfg: DataConfig):
+    """Concatenate prepared datasets: folders from `xtallm data prepare`, or tables (prepared and cached)."""
+    import datasets
+
+    parts = []
+    for source in sources:
+        path = Path(source)
+        if path.is_dir() and (path / "dataset_info.json").exists():
+            ds = datasets.load_from_disk(str(path))
+        else:
+            options = PrepareOptions(fmt=cfg.fmt, symprec=cfg.symprec, max_atoms=cfg.max_atoms, limit=cfg.limit)
+            ds = prepare_dataset(source, options, num_proc=cfg.num_proc).dataset
+        if cfg.limit:
+            ds = ds.select(range(min(cfg.limit, len(ds))))
+        parts.append(ds.select_columns(["id", "dim", "group", "text", "record", "conditions"]))
+    ds = datasets.concatenate_datasets(parts) if len(parts) > 1 else parts[0]
+    return ds.filter(lambda d: d in cfg.dims, input_columns="dim")
+
+
+def prompt_text(conditions: dict[str, Any]) -> str:
+    """The prompt a model sees before the crystal: a header line, or nothing."""
+    header = format_header(conditions)
+    return header + "\n" if header else ""
+
+
+def encode_example(tokenizer: PreTrainedTokenizerBase, prompt: str, body: str) -> dict[str, list[int]]:
+    """input_ids and labels (prompt masked). BOS/EOS added by hand so any tokenizer works."""
+    bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
+    prompt_ids = bos + (tokenizer(prompt, add_special_tokens=False)["input_ids"] if prompt else [])
+    target_ids = tokenizer(body, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    return {"input_ids": prompt_ids + target_ids, "labels": [IGNORE_INDEX] * len(prompt_ids) + target_ids}
+
+
+class CrystalExamples(torch.utils.data.Dataset):
+    def __init__(self, rows, tokenizer: PreTrainedTokenizerBase, cfg: DataConfig, seed: int, train: bool):
+        self.tokenizer = tokenizer
+        self.cfg = cfg
+        self.seed = seed
+        self.train = train
+        self.epoch = 0
+        self.fmt = get_format(cfg.fmt) if cfg.fmt in ("wyckoff", "xyz") else None
+        self.texts = rows["text"]
+        self.records = rows["record"]
+        self.conditions = [
+            {k: v for k, v in json.loads(c).items() if k in cfg.conditions} for c in rows["conditions"]
+        ]
+        # Keep examples whose longest form (all conditions) fits; augmentations keep the length.
+        lengths = [len(self._encode(i, all_conditions=True)["input_ids"]) for i in range(len(self.texts))]
+        self.index = [i for i, n in enumerate(lengths) if n <= cfg.max_length]
+        self.lengths = [lengths[i] for i in self.index]
+        self.dropped = len(lengths) - len(self.index)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def _rng(self, i: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.epoch if self.train else 0, i])
+
+    def _encode(self, i: int, all_conditions: bool = False) -> dict[str, list[int]]:
+        rng = self._rng(i)
+        conditions = self.conditions[i]
+        if not all_conditions:
+            if rng.random() < self.cfg.unconditional_prob:
+                conditions = {}
+            else:
+                conditions = {k: v for k, v in conditions.items() if rng.random() < self.cfg.condition_keep_prob}
+        body = self.texts[i]
+        if self.train and self.cfg.augment and self.fmt is not None and not all_conditions:
+            record = CrystalRecord.from_dict(json.loads(self.records[i]))
+            body = augmented_text(record, self.fmt, rng)
+        return encode_example(self.tokenizer, prompt_text(conditions), body)
+
+    def __getitem__(self, k: int) -> dict[str, list[int]]:
+        return self._encode(self.index[k])
+
+
+class PackedExamples(torch.utils.data.Dataset):
+    """Consecutive examples concatenated into blocks of at most `max_length` tokens."""
+
+    def __init__(self, examples: CrystalExamples, max_length: int, seed: int):
+        self.examples = examples
+        order = np.random.default_rng(seed).permutation(len(examples))
+        self.bins: list[list[int]] = [[]]
+        used = 0
+        for k in order:
+            n = examples.lengths[k]
+            if used + n > max_length and self.bins[-1]:
+                self.bins.append([])
+                used = 0
+            self.bins[-1].append(int(k))
+            used += n
+
+    def set_epoch(self, epoch: int) -> None:
+        self.examples.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return len(self.bins)
+
+    def __getitem__(self, b: int) -> dict[str, list[int]]:
+        input_ids: list[int] = []
+        labels: list[int] = []
+        for k in self.bins[b]:
+            ex = self.examples[k]
+            input_ids += ex["input_ids"]
+            labels += ex["labels"]
+        return {"input_ids": input_ids, "labels": labels}
+
+
+def collate(batch: list[dict[str, list[int]]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad to the longest example; padding is masked out of attention and loss."""
+    width = max(len(ex["input_ids"]) for ex in batch)
+    ids = torch.full((len(batch), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(batch), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(batch), width), dtype=torch.long)
+    for row, ex in enumerate(batch):
+        n = len(ex["input_ids"])
+        ids[row, :n] = torch.tensor(ex["input_ids"])
+        labels[row, :n] = torch.tensor(ex["labels"])
+        mask[row, :n] = 1
+    return {"input_ids": ids, "labels": labels, "attention_mask": mask}

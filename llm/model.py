@@ -1,0 +1,124 @@
+"""Models and tokenizers: a from-scratch crystal LM, or any HF causal LM with full/LoRA/QLoRA."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
+
+from tokenization.tokenizer import build_crystal_tokenizer
+
+from .config import FinetuneConfig, ModelConfig
+
+XTALLM_CONFIG = "xtallm.json"  # text format and conditions a model was trained with
+
+
+def load_tokenizer(model_cfg: ModelConfig, max_length: int) -> PreTrainedTokenizerBase:
+    if model_cfg.base == "from_scratch":
+        return build_crystal_tokenizer(model_max_length=max_length)
+    tok = AutoTokenizer.from_pretrained(model_cfg.base, trust_remote_code=model_cfg.trust_remote_code)
+    if tok.pad_token is None:  # Llama/Mistral/GPT-2 ship without one
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def scratch_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
+    s = cfg.scratch
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=s.hidden_size,
+        intermediate_size=s.intermediate_size,
+        num_hidden_layers=s.num_layers,
+        num_attention_heads=s.num_heads,
+        num_key_value_heads=s.num_kv_heads,
+        max_position_embeddings=s.max_position_embeddings,
+        rope_theta=s.rope_theta,
+        tie_word_embeddings=s.tie_word_embeddings,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        attn_implementation=cfg.attn_implementation,
+    )
+    return LlamaForCausalLM(config)
+
+
+def load_model(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype | None = None):
+    """The trainable model: full weights, or a PEFT model with LoRA (optionally on 4-bit weights)."""
+    cfg = config.model
+    if cfg.base == "from_scratch":
+        model = scratch_model(cfg, tokenizer)
+    else:
+        kwargs = {"trust_remote_code": cfg.trust_remote_code}
+        if cfg.attn_implementation:
+            kwargs["attn_implementation"] = cfg.attn_implementation
+        if cfg.method == "qlora":
+            from transformers import BitsAndBytesConfig
+
+            compute = dtype if dtype in (torch.bfloat16, torch.float16) else torch.float32
+            kwargs["quantization_config"] = BitsAndBytesConfig(
+                load_in_4bit=True,
+                bnb_4bit_quant_type="nf4",
+                bnb_4bit_use_double_quant=True,
+                bnb_4bit_compute_dtype=compute,
+            )
+            kwargs["dtype"] = compute
+            kwargs["device_map"] = _local_device_map()
+        elif dtype is not None and cfg.method == "lora":
+            kwargs["dtype"] = dtype  # frozen base in half precision; adapters train in fp32
+        model = AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
+    if cfg.method == "qlora":
+        from peft import prepare_model_for_kbit_training
+
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.gradient_checkpointing)
+    elif cfg.gradient_checkpointing:
+        model.gradient_checkpointing_enable()
+    if cfg.method in ("lora", "qlora"):
+        from peft import LoraConfig, PeftModel, get_peft_model
+
+        if cfg.adapter:
+            model = PeftModel.from_pretrained(model, cfg.adapter, is_trainable=True)
+        else:
+            lora = LoraConfig(
+                r=cfg.lora.r,
+                lora_alpha=cfg.lora.alpha,
+                lora_dropout=cfg.lora.dropout,
+                target_modules=list(cfg.lora.target_modules),
+                task_type="CAUSAL_LM",
+            )
+            model = get_peft_model(model, lora)
+    return model
+
+
+def _local_device_map() -> dict[str, int | str]:
+    """4-bit weights must sit on this process's device (one per DDP rank)."""
+    if torch.cuda.is_available():
+        from accelerate import PartialState
+
+        return {"": PartialState().local_process_index}
+    return {"": "cpu"}
+
+
+def count_parameters(model) -> tuple[int, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return total, trainable
+
+
+def save_xtallm_config(path: str | Path, config: FinetuneConfig) -> None:
+    """What a sampler needs to know about the model: text format, conditions, base."""
+    info = {
+        "fmt": config.data.fmt,
+        "conditions": config.data.conditions,
+        "dims": config.data.dims,
+        "base_model": config.model.base,
+        "method": config.model.method,
+        "max_length": config.data.max_length,
+    }
+    Path(path, XTALLM_CONFIG).write_text(json.dumps(info, indent=2))
+
+
+def read_xtallm_config(path: str | Path) -> dict:
+    file = Path(path, XTALLM_CONFIG)
+    return json.loads(file.read_text()) if file.exists() else {"fmt": "wyckoff"}

@@ -1,0 +1,202 @@
+"""Fine-tuning on CPU: from scratch, LoRA, QLoRA, resume, DDP, hub loading, merging."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from llm.config import load_config
+from llm.finetune import train
+from tests.conftest import REPO, SHARED_DATA
+
+TINY = REPO / "configs" / "llm" / "tiny_test.yaml"
+EXAMPLES = str(REPO / "tokenization" / "examples" / "bulk_examples.csv")
+MP20_VAL = SHARED_DATA / "mp20" / "val.csv.xz"
+
+
+def tiny(tmp: Path, *overrides: str):
+    return load_config(TINY, [f"train.output_dir={tmp}", "train.report_to=[]", *overrides])
+
+
+@pytest.fixture(scope="module")
+def base_model(tmp_path_factory):
+    """A tiny crystal LM trained from scratch on real MP-20 text (the shipped examples if absent)."""
+    out = tmp_path_factory.mktemp("base")
+    data = [f"data.train=[{MP20_VAL}]", "data.limit=400"] if MP20_VAL.exists() else []
+    metrics = train(tiny(out, "train.max_steps=40", *data))
+    return out, metrics
+
+
+def test_from_scratch_eval_loss_falls(base_model):
+    out, metrics = base_model
+    assert metrics["steps"] == 40
+    assert metrics["final_eval_loss"] < 0.75 * metrics["initial_eval_loss"]
+    assert 0.0 <= metrics["final_sample_parse_rate"] <= 1.0
+    for name in ("model.safetensors", "tokenizer.json", "finetune_config.yaml", "xtallm.json", "README.md", "metrics.json"):
+        assert (out / name).exists(), name
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    model = AutoModelForCausalLM.from_pretrained(out)
+    tok = AutoTokenizer.from_pretrained(out)
+    assert model.config.vocab_size == len(tok)
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nlibrary_name: transformers") and "final_eval_loss" in card
+
+
+def test_resume_after_interruption_is_exact(tmp_path):
+    common = ["train.max_steps=30", "train.save_every=10", "train.sample_every=0", "train.eval_every=10"]
+    straight = train(tiny(tmp_path / "a", *common))
+    stopped = train(tiny(tmp_path / "b", *common, "train.stop_after_steps=20"))
+    assert "steps" not in stopped and (tmp_path / "b" / "checkpoints" / "step_00000020" / "progress.json").exists()
+    resumed = train(tiny(tmp_path / "b", *common))
+    assert resumed["steps"] == 30
+    pick = lambda m: [(h["step"], round(h.get("train_loss", 0), 5), round(h.get("eval_loss", 0), 5)) for h in m["history"]]
+    assert pick(resumed) == pick(straight)
+
+
+def test_packing_and_gradient_accumulation(tmp_path):
+    metrics = train(tiny(tmp_path, "data.packing=true", "train.grad_accum=2", "train.batch_size=4",
+                         "train.max_steps=6", "train.sample_every=0", "train.eval_every=6", "train.log_every=2"))
+    assert metrics["steps"] == 6
+    # a packed row holds several crystals: far fewer rows than crystals
+    assert metrics["train_examples"] < 57 / 2
+    assert metrics["final_eval_loss"] < metrics["initial_eval_loss"]
+
+
+def _logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def test_lora_adapter_save_load_and_merge(base_model, tmp_path):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    from llm.merge import merge
+
+    base_dir, _ = base_model
+    adapter_dir = tmp_path / "adapter"
+    metrics = train(tiny(adapter_dir, f"model.base={base_dir}", "model.method=lora", "model.lora.r=4",
+                         "train.max_steps=8", "train.sample_every=0", "train.lr=1e-2"))
+    assert metrics["trainable_parameters"] < metrics["parameters"] / 4
+    assert (adapter_dir / "adapter_config.json").exists() and (adapter_dir / "adapter_model.safetensors").exists()
+    assert "library_name: peft" in (adapter_dir / "README.md").read_text()
+    ids = torch.tensor([[1, 20, 21, 5, 7, 8]])
+    base = AutoModelForCausalLM.from_pretrained(base_dir)
+    base_logits = _logits(base, ids)
+    adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+    adapted_logits = _logits(adapted, ids)
+    assert not torch.allclose(base_logits, adapted_logits, atol=1e-4), "the adapter changes nothing"
+    again = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), adapter_dir)
+    assert torch.equal(_logits(again, ids), adapted_logits)
+    merged = AutoModelForCausalLM.from_pretrained(merge(adapter_dir, tmp_path / "merged"))
+    assert torch.allclose(_logits(merged, ids), adapted_logits, atol=1e-5)
+
+
+def test_qlora_on_cpu(base_model, tmp_path):
+    pytest.importorskip("bitsandbytes")
+    base_dir, _ = base_model
+    try:
+        metrics = train(tiny(tmp_path, f"model.base={base_dir}", "model.method=qlora", "train.max_steps=4",
+                             "train.sample_every=0", "train.eval_every=4"))
+    except (RuntimeError, NotImplementedError) as exc:  # pragma: no cover - depends on the bitsandbytes build
+        pytest.skip(f"bitsandbytes 4-bit does not run on this CPU: {exc}")
+    assert metrics["steps"] == 4 and torch.isfinite(torch.tensor(metrics["final_eval_loss"]))
+    cfg = json.loads((tmp_path / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == str(base_dir)
+
+
+def test_general_llm_with_its_own_tokenizer(tmp_path):
+    """A GPT-2-style model with a byte-level BPE tokenizer (built here: nothing can be downloaded)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    corpus = ["the quick brown fox jumps over the lazy dog", "sg 225 a 5.640 Na 4a Cl 4b band_gap=1.0"] * 50
+    bpe.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=400, special_tokens=["<|endoftext|>"],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+    gpt = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=512, n_embd=64, n_layer=2, n_head=4))
+    gpt.save_pretrained(tmp_path / "gpt")
+    tok.save_pretrained(tmp_path / "gpt")
+    metrics = train(tiny(tmp_path / "run", f"model.base={tmp_path / 'gpt'}", "model.method=lora",
+                         "model.lora.target_modules=[c_attn]", "model.attn_implementation=eager",
+                         "train.max_steps=6", "train.sample_every=6", "train.sample_n=2", "data.max_length=512"))
+    assert metrics["steps"] == 6 and "base_model:" in (tmp_path / "run" / "README.md").read_text()
+
+
+def test_ddp_on_two_cpu_processes(tmp_path):
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(REPO / "configs/accelerate/cpu_ddp.yaml"),
+           str(REPO / "llm" / "finetune.py"), "--config", str(TINY), f"train.output_dir={tmp_path}", "train.report_to=[]",
+           "train.max_steps=4", "train.sample_every=0", "train.eval_every=4", "train.save_every=2"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert "on 2 process(es)" in out.stdout + out.stderr
+    assert json.loads((tmp_path / "metrics.json").read_text())["steps"] == 4
+
+
+def test_loading_by_hub_id_from_the_cache(base_model, tmp_path, monkeypatch):
+    """A hub id resolves offline once the hub cache holds it (the layout huggingface_hub writes)."""
+    import shutil
+
+    base_dir, _ = base_model
+    snapshot = tmp_path / "hub" / "models--xtallm--tiny-crystal-lm" / "snapshots" / ("0" * 40)
+    shutil.copytree(base_dir, snapshot, ignore=shutil.ignore_patterns("checkpoints", "xtallm"))
+    (snapshot.parents[1] / "refs").mkdir()
+    (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
+    code = ("from transformers import AutoModelForCausalLM, AutoTokenizer; "
+            "m = AutoModelForCausalLM.from_pretrained('xtallm/tiny-crystal-lm'); "
+            "t = AutoTokenizer.from_pretrained('xtallm/tiny-crystal-lm'); print(m.config.vocab_size, len(t))")
+    env = {**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    a, b = out.stdout.split()
+    assert a == b
+
+
+def test_push_to_hub_uploads_the_folder(base_model, monkeypatch):
+    import huggingface_hub
+
+    from llm.card import push_to_hub
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls["create"] = (repo_id, private)
+
+        def upload_folder(self, folder_path, repo_id, ignore_patterns, commit_message):
+            calls["upload"] = (folder_path, repo_id, ignore_patterns)
+            return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    url = push_to_hub(base_model[0], "me/crystal-lm")
+    assert calls["create"] == ("me/crystal-lm", True)
+    assert calls["upload"][0] == str(base_model[0]) and "checkpoints/*" in calls["upload"][2]
+    assert url.endswith("/commit/1")
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        (["train.speed=3"], "config.train.speed: unknown setting"),
+        (["model.method=adapterz"], "model.method must be full, lora or qlora"),
+        (["model.method=qlora"], "qlora needs a pretrained base model"),
+        (["data.train=[]"], "no training data"),
+        (["train.lr"], "expected section.key=value"),
+    ],
+)
+def test_config_errors(overrides, message):
+    with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
+        load_config(TINY, overrides)
