@@ -8,8 +8,6 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
-from tokenization.tokenizer import build_crystal_tokenizer
-
 from .config import FinetuneConfig, ModelConfig
 
 XTALLM_CONFIG = "xtallm.json"  # text format and conditions a model was trained with
@@ -17,6 +15,8 @@ XTALLM_CONFIG = "xtallm.json"  # text format and conditions a model was trained 
 
 def load_tokenizer(model_cfg: ModelConfig, max_length: int) -> PreTrainedTokenizerBase:
     if model_cfg.base == "from_scratch":
+        from tokenization.tokenizer import build_crystal_tokenizer
+
         return build_crystal_tokenizer(model_max_length=max_length)
     tok = AutoTokenizer.from_pretrained(model_cfg.base, trust_remote_code=model_cfg.trust_remote_code)
     if tok.pad_token is None:  # Llama/Mistral/GPT-2 ship without one
@@ -25,9 +25,14 @@ def load_tokenizer(model_cfg: ModelConfig, max_length: int) -> PreTrainedTokeniz
 
 
 def scratch_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> LlamaForCausalLM:
+    return LlamaForCausalLM(scratch_config(cfg, len(tokenizer), tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id))
+
+
+def scratch_config(cfg: ModelConfig, vocab_size: int, bos: int | None = 1, eos: int | None = 2, pad: int | None = 0) -> LlamaConfig:
+    """Llama architecture sized by `model.scratch` (also used by the throughput benchmark)."""
     s = cfg.scratch
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
+    return LlamaConfig(
+        vocab_size=vocab_size,
         hidden_size=s.hidden_size,
         intermediate_size=s.intermediate_size,
         num_hidden_layers=s.num_layers,
@@ -36,12 +41,11 @@ def scratch_model(cfg: ModelConfig, tokenizer: PreTrainedTokenizerBase) -> Llama
         max_position_embeddings=s.max_position_embeddings,
         rope_theta=s.rope_theta,
         tie_word_embeddings=s.tie_word_embeddings,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
+        bos_token_id=bos,
+        eos_token_id=eos,
+        pad_token_id=pad,
         attn_implementation=cfg.attn_implementation,
     )
-    return LlamaForCausalLM(config)
 
 
 def load_model(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, dtype: torch.dtype | None = None):
