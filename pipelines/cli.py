@@ -28,6 +28,41 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sample(args: argparse.Namespace) -> int:
+    from llm.sampling import SamplingOptions
+    from tokenization.conditions import parse_condition_args
+
+    from .sample import SampleJob, run_sample
+
+    job = SampleJob(
+        model=args.model,
+        adapter=args.adapter,
+        out=args.out,
+        num_samples=args.num_samples,
+        conditions=parse_condition_args(args.condition),
+        conditions_file=args.conditions_file,
+        backend=args.backend,
+        server=args.server,
+        server_model=args.server_model,
+        constrained=args.constrained,
+        seed=args.seed,
+        batch_size=args.batch_size,
+        vacuum=args.vacuum,
+        options=SamplingOptions(
+            temperature=args.temperature,
+            top_p=args.top_p,
+            top_k=args.top_k,
+            max_tokens=args.max_tokens,
+            tensor_parallel_size=args.tensor_parallel_size,
+            data_parallel_size=args.data_parallel_size,
+        ),
+    )
+    s = run_sample(job)
+    rate = f", {s['samples_per_s']:.1f} samples/s, {s['tokens_per_s']:.0f} tokens/s" if s["samples_per_s"] else ""
+    print(f"{s['samples']} samples ({s['generated_now']} new), parse rate {s['parse_rate']:.3f}{rate} -> {args.out}/samples.jsonl")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -58,6 +93,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--num-proc", type=int, default=None)
     p.add_argument("--no-cache", action="store_true")
     p.set_defaults(func=_data_prepare)
+
+    s = sub.add_parser("sample", help="sample crystals from a model (vLLM, HF generate or a server)")
+    s.add_argument("--model", required=True, help="model folder or hub id")
+    s.add_argument("--adapter", default=None, help="LoRA adapter folder or hub id")
+    s.add_argument("--num-samples", type=int, default=100, help="samples per prompt")
+    s.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE", help="e.g. sg=225, elements=Mo,S (repeatable)")
+    s.add_argument("--conditions-file", default=None, help="CSV, one condition set (prompt) per row")
+    s.add_argument("--out", required=True)
+    s.add_argument("--backend", choices=["vllm", "hf", "server"], default="vllm")
+    s.add_argument("--server", default=None, help="http://HOST:PORT of an OpenAI-compatible server (vllm serve)")
+    s.add_argument("--server-model", default=None, help="model or LoRA module name on the server")
+    s.add_argument("--constrained", action="store_true", help="grammar-constrained decoding: every sample parses")
+    s.add_argument("--temperature", type=float, default=1.0)
+    s.add_argument("--top-p", type=float, default=1.0)
+    s.add_argument("--top-k", type=int, default=0)
+    s.add_argument("--max-tokens", type=int, default=768)
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--batch-size", type=int, default=256, help="requests per write to samples.jsonl")
+    s.add_argument("--vacuum", type=float, default=15.0, help="Å of vacuum for monolayers")
+    s.add_argument("--tensor-parallel-size", type=int, default=1)
+    s.add_argument("--data-parallel-size", type=int, default=1)
+    s.set_defaults(func=_sample)
 
     d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
     d.add_argument("--out", default="outputs/demo")

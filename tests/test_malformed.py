@@ -41,7 +41,7 @@ WYCKOFF_CORPUS = [
     ("sg 225\na 5.6\nNa 24e nan", "is not a number"),
     ("sg 225\na 5.6\nNa 4a\nCl", "site line must be"),
     ("sg 225\na 5.6\nNa four", "is not a Wyckoff label"),
-    ("sg 225\na 5.6\nO 24e 0.000", "atoms coincide"),
+    ("sg 225\na 5.6\nO 24e 0.000", "atoms coincide"),  # strict by default
     ("sg 2x5\na 5.6\nNa 4a", "is not an integer"),
     ("speed=3\nsg 225\na 5.6\nNa 4a", "unknown condition 'speed'"),
     ("band_gap=-1\nsg 225\na 5.6\nNa 4a", "band_gap=-1 is out of range"),

@@ -26,7 +26,7 @@ from .errors import XtallmError
 from .formats import get_format, parse_cif
 from .formats.wyckoff import WyckoffFormat
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"
 # property condition -> columns it may come from, first match wins
 PROPERTY_COLUMNS = {
     "band_gap": ("band_gap", "band_gap_eV"),

@@ -154,8 +154,13 @@ class CrystalRecord:
             return (a, p["b"], p["c"], 90.0, p["beta"], 90.0)
         return (a, p["b"], p["c"], p["alpha"], p["beta"], p["gamma"])
 
-    def to_structure(self, vacuum: float = DEFAULT_VACUUM, validate: bool = True) -> Structure:
-        """Expand every orbit exactly. Layers get c = thickness + `vacuum`, slab centred."""
+    def to_structure(self, vacuum: float = DEFAULT_VACUUM, validate: bool = True, strict: bool = True) -> Structure:
+        """Expand every orbit exactly. Layers get c = thickness + `vacuum`, slab centred.
+
+        `strict` rejects an orbit whose free coordinates put it on a special position (its
+        atoms coincide); with `strict=False` the crystal is built as written, overlaps
+        included, and left to the validity checks (what a sampler wants).
+        """
         if validate:
             self.validate()
         table = self.table
@@ -182,7 +187,8 @@ class CrystalRecord:
         if not (lattice.volume > 1e-3 and math.isfinite(lattice.volume)):
             raise ParseError(f"lattice {params} has no volume")
         frac = wrap_periodic(frac, self.dim)
-        self._check_orbits(points, lattice)
+        if strict:
+            self._check_orbits(points, lattice)
         return Structure(lattice, species, frac, coords_are_cartesian=False)
 
     def _check_orbits(self, points: list[np.ndarray], lattice: Lattice) -> None:

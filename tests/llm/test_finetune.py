@@ -13,24 +13,9 @@ import torch
 
 from llm.config import load_config
 from llm.finetune import train
-from tests.conftest import REPO, SHARED_DATA
+from tests.conftest import REPO
 
-TINY = REPO / "configs" / "llm" / "tiny_test.yaml"
-EXAMPLES = str(REPO / "tokenization" / "examples" / "bulk_examples.csv")
-MP20_VAL = SHARED_DATA / "mp20" / "val.csv.xz"
-
-
-def tiny(tmp: Path, *overrides: str):
-    return load_config(TINY, [f"train.output_dir={tmp}", "train.report_to=[]", *overrides])
-
-
-@pytest.fixture(scope="module")
-def base_model(tmp_path_factory):
-    """A tiny crystal LM trained from scratch on real MP-20 text (the shipped examples if absent)."""
-    out = tmp_path_factory.mktemp("base")
-    data = [f"data.train=[{MP20_VAL}]", "data.limit=400"] if MP20_VAL.exists() else []
-    metrics = train(tiny(out, "train.max_steps=40", *data))
-    return out, metrics
+from .conftest import TINY, tiny
 
 
 def test_from_scratch_eval_loss_falls(base_model):

@@ -50,6 +50,7 @@ class WyckoffFormat(TextFormat):
         vacuum: float = DEFAULT_VACUUM,
         verify: bool = True,
         dim: int | None = None,
+        strict: bool = True,
     ):
         self.coord_decimals = coord_decimals
         self.length_decimals = length_decimals
@@ -59,6 +60,7 @@ class WyckoffFormat(TextFormat):
         self.vacuum = vacuum
         self.verify = verify
         self.dim = dim
+        self.strict = strict  # False: decode collapsed orbits as written (overlapping atoms)
 
     # ------------------------------------------------------------------ record <-> text
     def format_record(self, record: CrystalRecord) -> str:
@@ -68,14 +70,18 @@ class WyckoffFormat(TextFormat):
             decimals = self.angle_decimals if name in ANGLES else self.length_decimals
             lat.append(f"{name} {value:.{decimals}f}")
         lines.append(" ".join(lat))
+        table = record.table
         for site in record.sites:
-            coords = " ".join(self._coord(p) for p in site.params)
+            free = table.wyckoff(site.wyckoff).free
+            coords = " ".join(self._coord(p, periodic=j < record.dim) for p, j in zip(site.params, free))
             lines.append(f"{site.element} {site.label}" + (f" {coords}" if coords else ""))
         return "\n".join(lines)
 
-    def _coord(self, value: float) -> str:
+    def _coord(self, value: float, periodic: bool) -> str:
         text = f"{value:.{self.coord_decimals}f}"
-        return "0." + "0" * self.coord_decimals if text.startswith("-0.") and float(text) == 0 else text
+        if (periodic and float(text) >= 1.0) or (text.startswith("-") and float(text) == 0):
+            return "0." + "0" * self.coord_decimals  # 0.9996 -> "0.000", not "1.000": same point, one spelling
+        return text
 
     def parse_record(self, body: str, first_line: int = 1) -> CrystalRecord:
         lines = [(i, ln.strip()) for i, ln in enumerate(body.split("\n"), first_line) if ln.strip()]
@@ -157,7 +163,7 @@ class WyckoffFormat(TextFormat):
     def decode(self, text: str) -> Structure:
         record = self.decode_record(text)
         with _site_lines(record):
-            return record.to_structure(vacuum=self.vacuum, validate=False)
+            return record.to_structure(vacuum=self.vacuum, validate=False, strict=self.strict)
 
 
 @contextmanager

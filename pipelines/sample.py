@@ -1,0 +1,155 @@
+"""`xtallm sample`: batched, resumable sampling with property-conditioned prompts.
+
+Every sample gets an id `p<prompt>-<k>` and a seed derived from (seed, prompt, k); the JSONL
+is appended batch by batch, so a re-run with the same arguments skips what is there and
+produces exactly the missing samples.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from llm.grammar import max_sites_for, wyckoff_regex
+from llm.model import read_xtallm_config
+from llm.prompts import check_supported, prompt_ids, read_conditions_file
+from llm.sampling import HfSampler, Request, SamplingOptions, ServerSampler, VllmSampler, check_adapter_matches
+from tokenization.conditions import validate_conditions
+
+from .records import SampleWriter, decode_sample, read_samples
+
+
+@dataclass
+class SampleJob:
+    model: str
+    out: str
+    num_samples: int = 100  # per prompt
+    adapter: str | None = None
+    conditions: dict[str, Any] = field(default_factory=dict)
+    conditions_file: str | None = None
+    backend: str = "vllm"  # vllm | hf | server
+    server: str | None = None
+    server_model: str | None = None  # name the server knows the model/adapter by
+    constrained: bool = False
+    seed: int = 0
+    batch_size: int = 256
+    vacuum: float = 15.0
+    options: SamplingOptions = field(default_factory=SamplingOptions)
+
+
+def model_info(job: SampleJob) -> dict[str, Any]:
+    """Text format, conditions and dims the model was trained with (adapter's wins)."""
+    info = read_xtallm_config(job.model)
+    if job.adapter and Path(job.adapter, "xtallm.json").exists():
+        info = read_xtallm_config(job.adapter)
+    return info
+
+
+def build_requests(job: SampleJob, tokenizer, info: dict[str, Any]) -> list[Request]:
+    sets = read_conditions_file(job.conditions_file) if job.conditions_file else [validate_conditions(job.conditions)]
+    requests = []
+    for p, conditions in enumerate(sets):
+        check_supported(conditions, info.get("conditions"), job.adapter or job.model)
+        if "dim" in conditions and conditions["dim"] not in info.get("dims", [2, 3]):
+            raise ValueError(f"{job.adapter or job.model} was not trained on dim={conditions['dim']} crystals")
+        ids = prompt_ids(tokenizer, conditions)
+        regex = None
+        if job.constrained:
+            if info.get("fmt", "wyckoff") != "wyckoff":
+                raise ValueError("--constrained needs a model trained on the wyckoff format")
+            regex = wyckoff_regex(conditions, info.get("dims"), max_sites=max_sites_for(job.options.max_tokens))
+        for k in range(job.num_samples):
+            requests.append(Request(f"p{p}-{k}", conditions, ids, seed=job.seed * 1_000_003 + p * 100_003 + k, regex=regex))
+    return requests
+
+
+def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
+    """Sample, decode and append to `out/samples.jsonl`; `sampler` reuses a started engine."""
+    from transformers import AutoTokenizer
+
+    if job.adapter:
+        check_adapter_matches(job.model, job.adapter)
+    info = model_info(job)
+    fmt = info.get("fmt", "wyckoff")
+    max_len = context_length(job, info)
+    tokenizer = AutoTokenizer.from_pretrained(job.adapter if job.adapter and Path(job.adapter, "tokenizer_config.json").exists() else job.model)
+    requests = build_requests(job, tokenizer, info)  # validates everything before an engine starts
+    out = Path(job.out)
+    writer = SampleWriter(out / "samples.jsonl")
+    todo = [r for r in requests if r.id not in writer.done]
+    started = time.perf_counter()
+    n_tokens = 0
+    if todo:
+        sampler = sampler or _sampler(job, info)
+        bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling")
+        for start in range(0, len(todo), job.batch_size):
+            batch = todo[start : start + job.batch_size]
+            outputs = sampler.generate(batch, job.options, adapter_index=0 if job.adapter else None)
+            rows = []
+            for request, output in zip(batch, outputs):
+                n_tokens += output.n_tokens
+                rows.append({
+                    "id": request.id,
+                    "prompt": tokenizer.decode(request.prompt_ids, skip_special_tokens=True),
+                    "conditions": request.conditions,
+                    "text": output.text,
+                    **decode_sample(output.text, fmt, job.vacuum),
+                    "n_tokens": output.n_tokens,
+                    "model": job.model,
+                    "adapter": job.adapter,
+                    "constrained": job.constrained,
+                })
+            writer.write(rows)
+            bar.update(len(batch))
+        bar.close()
+    writer.close()
+    elapsed = time.perf_counter() - started
+    rows = [r for r in read_samples(out / "samples.jsonl") if r["id"] in {q.id for q in requests}]
+    summary = {
+        "samples": len(rows),
+        "parsed": sum(r["ok"] for r in rows),
+        "parse_rate": sum(r["ok"] for r in rows) / max(len(rows), 1),
+        "generated_now": len(todo),
+        "seconds": elapsed,
+        "samples_per_s": len(todo) / elapsed if todo and elapsed > 0 else None,
+        "tokens_per_s": n_tokens / elapsed if todo and elapsed > 0 else None,
+        "backend": job.backend,
+        "constrained": job.constrained,
+        "format": fmt,
+    }
+    (out / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def make_sampler(job: SampleJob):
+    """The backend a job asks for (starting an engine can take a while)."""
+    return _sampler(job, model_info(job))
+
+
+def context_length(job: SampleJob, info: dict[str, Any]) -> int:
+    """Engine context: training length (+ room) within the model's positions; caps max_tokens."""
+    from transformers import AutoConfig
+
+    limit = getattr(AutoConfig.from_pretrained(job.model), "max_position_embeddings", None) or 4096
+    max_len = min(int(info.get("max_length", 768)) + 64, int(limit))
+    job.options.max_tokens = min(job.options.max_tokens, max_len - 64)
+    return max_len
+
+
+def _sampler(job: SampleJob, info: dict[str, Any]):
+    max_len = context_length(job, info)
+    if job.backend == "vllm":
+        return VllmSampler(job.model, [job.adapter] if job.adapter else None, job.options, max_model_len=max_len, seed=job.seed)
+    if job.backend == "hf":
+        return HfSampler(job.model, [job.adapter] if job.adapter else None, job.options, batch_size=min(job.batch_size, 256))
+    if job.backend == "server":
+        if not job.server:
+            raise ValueError("--backend server needs --server http://HOST:PORT")
+        name = job.server_model or (Path(job.adapter).name if job.adapter else job.model)
+        return ServerSampler(job.server, name, job.options)
+    raise ValueError(f"unknown backend {job.backend!r}: vllm, hf or server")
