@@ -42,7 +42,8 @@ def main() -> None:
         job = SampleJob(model=args.model, out=str(out), num_samples=args.num_samples, conditions=conditions,
                         constrained=constrained, options=SamplingOptions())
         summary = run_sample(job, sampler=engine)
-        errors = Counter((r["error"] or "").split(":")[1].strip()[:60] if r["error"] else "" for r in read_samples(out / "samples.jsonl") if not r["ok"])
+        # "ParseError: line 3: site 1: ..." -> the message without the line number
+        errors = Counter(r["error"].split(": ", 2)[-1][:60] for r in read_samples(out / "samples.jsonl") if not r["ok"])
         results["constrained" if constrained else "unconstrained"] = {**summary, "top_errors": errors.most_common(5)}
         print(f"{'constrained' if constrained else 'unconstrained':13s}: parse rate {summary['parse_rate']:.3f} "
               f"({summary['parsed']}/{summary['samples']}), {summary['samples_per_s']:.1f} samples/s")

@@ -146,40 +146,17 @@ class HfSampler:
         self.device = device
 
     def generate(self, requests: list[Request], options: SamplingOptions | None = None, adapter_index: int | None = None) -> list[Output]:
-        import torch
+        from .hf_generate import generate_ids
 
         if any(r.regex for r in requests):
             raise ValueError("constrained decoding needs the vllm backend (structured outputs)")
         o = options or self.options
-        tok = self.tokenizer
-        outputs: list[Output] = []
-        for start in range(0, len(requests), self.batch_size):
-            chunk = requests[start : start + self.batch_size]
-            width = max(len(r.prompt_ids) for r in chunk)
-            ids = torch.full((len(chunk), width), tok.pad_token_id, dtype=torch.long)
-            mask = torch.zeros_like(ids)
-            for row, r in enumerate(chunk):
-                ids[row, width - len(r.prompt_ids) :] = torch.tensor(r.prompt_ids)
-                mask[row, width - len(r.prompt_ids) :] = 1
-            torch.manual_seed(chunk[0].seed)
-            with torch.no_grad():
-                out = self.model.generate(
-                    input_ids=ids.to(self.device),
-                    attention_mask=mask.to(self.device),
-                    do_sample=o.temperature > 0,
-                    temperature=o.temperature if o.temperature > 0 else None,
-                    top_p=o.top_p,
-                    top_k=o.top_k or None,
-                    max_new_tokens=o.max_tokens,
-                    eos_token_id=tok.eos_token_id,
-                    pad_token_id=tok.pad_token_id,
-                )
-            for row in out[:, width:]:
-                kept = [t for t in row.tolist() if t != tok.pad_token_id]
-                if tok.eos_token_id in kept:
-                    kept = kept[: kept.index(tok.eos_token_id)]
-                outputs.append(Output(tok.decode(kept, skip_special_tokens=True), len(kept)))
-        return outputs
+        results = generate_ids(
+            self.model, self.tokenizer, [r.prompt_ids for r in requests], max_new_tokens=o.max_tokens,
+            temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=requests[0].seed if requests else None,
+            batch_size=self.batch_size,
+        )
+        return [Output(text, n) for text, n in results]
 
 
 class ServerSampler:

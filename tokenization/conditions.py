@@ -49,11 +49,17 @@ def _formula(value: Any) -> str:
     return plain_formula(comp)
 
 
+def _electronegativity(el: Element) -> float:
+    """Pauling X, with noble gases (no value, NaN in pymatgen) last so the order is total."""
+    x = el.X
+    return 100.0 if math.isnan(x) else x
+
+
 def plain_formula(comp: Composition) -> str:
     """Reduced formula without brackets (Dy2C(NO)2 -> Dy2CN2O2): one spelling per composition."""
     reduced, _ = comp.get_reduced_composition_and_factor()
     parts = []
-    for el, amount in sorted(reduced.items(), key=lambda kv: (kv[0].X, kv[0].symbol)):
+    for el, amount in sorted(reduced.items(), key=lambda kv: (_electronegativity(kv[0]), kv[0].symbol)):
         count = formula_double_format(amount)
         parts.append(f"{el.symbol}{'' if count == '1' else count}")
     return "".join(parts)

@@ -25,7 +25,11 @@ def job(model, out, **kw) -> SampleJob:
 @pytest.fixture(scope="module")
 def engine(base_model, adapter):
     """One vLLM engine (with the adapter loaded) for the whole module: starting one takes ~30 s."""
-    return make_sampler(job(base_model[0], "unused", adapter=str(adapter)))
+    sampler = make_sampler(job(base_model[0], "unused", adapter=str(adapter)))
+    yield sampler
+    shutdown = getattr(getattr(sampler.llm.llm_engine, "engine_core", None), "shutdown", None)
+    if shutdown:  # stop the engine process now, not at interpreter exit (after pytest closed its streams)
+        shutdown()
 
 
 def test_vllm_jsonl_and_constrained_parse_rate(base_model, engine, tmp_path):
