@@ -63,6 +63,17 @@ def _sample(args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(args: argparse.Namespace) -> int:
+    from .evaluate import evaluate, write_report
+
+    result = evaluate(args.samples, args.reference, args.train, num_proc=args.num_proc)
+    write_report(result, args.out)
+    shown = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "uniqueness", "novelty", "sg_jsd", "p1_rate")
+    print(" ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}" for k in shown))
+    print(f"metrics.json and summary.md in {args.out}")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -115,6 +126,14 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--tensor-parallel-size", type=int, default=1)
     s.add_argument("--data-parallel-size", type=int, default=1)
     s.set_defaults(func=_sample)
+
+    e = sub.add_parser("evaluate", help="validity, uniqueness, novelty and symmetry metrics of samples")
+    e.add_argument("samples", help="samples.jsonl (xtallm sample/refine) or a folder of CIFs")
+    e.add_argument("--reference", required=True, help="CSV with a cif column (the held-out split)")
+    e.add_argument("--train", action="append", default=[], help="CSV(s) novelty is checked against (repeatable)")
+    e.add_argument("--out", required=True)
+    e.add_argument("--num-proc", type=int, default=2)
+    e.set_defaults(func=_evaluate)
 
     d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
     d.add_argument("--out", default="outputs/demo")

@@ -1,0 +1,137 @@
+"""Generation metrics, following the pinned protocol (docs: ../shared/DESIGN.md, "Evaluation").
+
+Every function takes *all* samples, parsed or not (None for an unparseable one), so an
+unparseable sample counts in every denominator and is never silently dropped.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import Counter
+from typing import Iterable, Sequence
+
+import numpy as np
+from pymatgen.analysis.structure_matcher import StructureMatcher
+from pymatgen.core import Composition, Structure
+from scipy.spatial.distance import jensenshannon
+from scipy.stats import wasserstein_distance
+
+MIN_DISTANCE = 0.5  # Å, CDVAE's structural validity
+MIN_VOLUME = 0.1  # Å^3
+
+
+def matcher() -> StructureMatcher:
+    """The pinned matcher for uniqueness and novelty."""
+    return StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+
+
+def structurally_valid(structure: Structure | None) -> bool:
+    """All interatomic distances (periodic) >= 0.5 Å and volume >= 0.1 Å^3."""
+    if structure is None or structure.volume < MIN_VOLUME:
+        return False
+    if len(structure) == 1:
+        return min(structure.lattice.abc) >= MIN_DISTANCE
+    dist = structure.distance_matrix
+    dist = dist + np.eye(len(structure)) * 1e9
+    if dist.min() < MIN_DISTANCE:
+        return False
+    # an atom must not sit closer than 0.5 Å to its own periodic image either
+    return min(structure.lattice.abc) >= MIN_DISTANCE
+
+
+def compositionally_valid(composition: Composition | None) -> bool:
+    """CDVAE's SMACT charge-neutrality + electronegativity test, with smact 4's smact14 set."""
+    if composition is None:
+        return False
+    from smact.screening import smact_validity
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return bool(smact_validity(composition, use_pauling_test=True, include_alloys=True, oxidation_states_set="smact14"))
+        except (ValueError, KeyError, TypeError):
+            return False
+
+
+def unique_indices(structures: Sequence[Structure | None]) -> list[int]:
+    """Index of one representative per group of matching structures (parsed ones only)."""
+    by_formula: dict[str, list[int]] = {}
+    for i, s in enumerate(structures):
+        if s is not None:
+            by_formula.setdefault(s.composition.reduced_formula, []).append(i)
+    m = matcher()
+    keep: list[int] = []
+    for indices in by_formula.values():
+        if len(indices) == 1:
+            keep += indices
+            continue
+        groups = m.group_structures([structures[i] for i in indices])
+        lookup = {id(structures[i]): i for i in indices}
+        keep += [lookup[id(g[0])] for g in groups]
+    return sorted(keep)
+
+
+class ReferenceIndex:
+    """Known structures indexed by reduced formula: a sample is only matched against its own formula."""
+
+    def __init__(self, structures: Iterable[Structure]):
+        self.by_formula: dict[str, list[Structure]] = {}
+        for s in structures:
+            self.by_formula.setdefault(s.composition.reduced_formula, []).append(s)
+        self.matcher = matcher()
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_formula.values())
+
+    def contains(self, structure: Structure) -> bool:
+        candidates = self.by_formula.get(structure.composition.reduced_formula, [])
+        return any(self.matcher.fit(structure, ref) for ref in candidates)
+
+
+def novelty_flags(structures: Sequence[Structure | None], reference: ReferenceIndex) -> list[bool]:
+    """True for a parsed sample that matches no reference structure; False for unparseable ones."""
+    return [s is not None and not reference.contains(s) for s in structures]
+
+
+def distribution_jsd(samples: Iterable, reference: Iterable, support: Iterable | None = None) -> float:
+    """Jensen-Shannon divergence (base 2, in [0, 1]) of two categorical distributions."""
+    a, b = Counter(samples), Counter(reference)
+    keys = sorted(set(a) | set(b) | set(support or []), key=str)
+    p = np.array([a.get(k, 0) for k in keys], dtype=float)
+    q = np.array([b.get(k, 0) for k in keys], dtype=float)
+    if p.sum() == 0 or q.sum() == 0:
+        return 1.0
+    return float(jensenshannon(p / p.sum(), q / q.sum(), base=2) ** 2)
+
+
+def wdist(samples: Sequence[float], reference: Sequence[float]) -> float | None:
+    samples = [x for x in samples if x is not None and math.isfinite(x)]
+    if not samples or not reference:
+        return None
+    return float(wasserstein_distance(samples, reference))
+
+
+def wyckoff_labels(record) -> list[str]:
+    """`group:label` of every orbit of a record, e.g. ["225:4a", "225:8c"]."""
+    return [f"{record.kind}{record.group}:{site.label}" for site in record.sites]
+
+
+def condition_accuracy(requested: dict, structure: Structure, group: int | None) -> dict[str, bool]:
+    """Which requested conditions a parsed sample honours (those a structure alone can decide)."""
+    from tokenization.conditions import _elements, plain_formula
+
+    out: dict[str, bool] = {}
+    comp = structure.composition
+    for key, value in requested.items():
+        if key in ("sg", "lg"):
+            out[key] = group == value
+        elif key == "formula":
+            out[key] = plain_formula(comp) == value
+        elif key == "elements":
+            out[key] = _elements([e.symbol for e in comp.elements]) == value
+        elif key == "n_atoms":
+            out[key] = len(structure) == value
+        elif key == "density":
+            out[key] = abs(structure.density - value) <= 0.1 * value
+    return out

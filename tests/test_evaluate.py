@@ -1,0 +1,110 @@
+"""Evaluation metrics on real data with known answers."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+from pipelines import metrics as M
+from pipelines.cli import main
+from pipelines.evaluate import evaluate
+
+from .conftest import read_shared
+
+
+def _rows(cifs):
+    return [{"id": f"s{i}", "ok": True, "cif": c, "group": None} for i, c in enumerate(cifs)]
+
+
+def test_mp20_val_against_itself(tmp_path):
+    df = read_shared("mp20/val.csv.xz", n=300, seed=1)
+    ref = tmp_path / "ref.csv"
+    df.to_csv(ref, index=False)
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in _rows(df.cif)))
+    r = evaluate(samples, ref, [ref], num_proc=2)
+    assert r["n_samples"] == 300 and r["parse_rate"] == 1.0
+    assert r["struct_validity"] == 1.0
+    assert r["novelty"] == 0.0
+    assert r["uniqueness"] >= 0.98
+    assert 0.84 <= r["comp_validity"] <= 0.96  # ~90% of MP-20 passes SMACT (CDVAE definition)
+    assert r["p1_rate"] <= 0.05
+    assert r["sg_jsd"] < 1e-9  # same crystals, same groups
+    assert r["wdist_density"] < 0.3  # valid subset (~90%) vs all of them
+    assert r["cov_recall"] is None and "cov_recall" in r["not_computed"]
+
+
+def test_broken_samples_count_as_invalid(tmp_path):
+    df = read_shared("mp20/val.csv.xz", n=20, seed=2)
+    ref = tmp_path / "ref.csv"
+    df.to_csv(ref, index=False)
+    overlap = Structure(Lattice.cubic(4.0), ["Na", "Cl"], [[0, 0, 0], [0.02, 0, 0]])
+    flat = Structure(Lattice([[4, 0, 0], [0, 4, 0], [0, 0, 0.001]]), ["Na"], [[0, 0, 0]])
+    rows = _rows(list(df.cif[:8]) + [str(CifWriter(overlap)), str(CifWriter(flat))])
+    rows.append({"id": "garbage", "ok": False, "cif": None, "group": None, "error": "ParseError: ..."})
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = evaluate(samples, ref, None, num_proc=1)
+    assert r["n_samples"] == 11
+    assert r["parse_rate"] in (9 / 11, 10 / 11)  # pymatgen may refuse the zero-volume CIF itself
+    assert r["struct_validity"] == 8 / 11
+    assert r["novelty"] is None and "novelty" in r["not_computed"]
+
+
+def test_novelty_catches_perturbed_copies():
+    df = read_shared("mp20/val.csv.xz", n=30, seed=3)
+    refs = [Structure.from_str(c, fmt="cif") for c in df.cif]
+    index = M.ReferenceIndex(refs)
+    rng = np.random.default_rng(0)
+    copies = []
+    for s in refs[:10]:
+        c = s.copy()
+        c.perturb(0.05)
+        c.scale_lattice(s.volume * rng.uniform(0.97, 1.03))
+        copies.append(c)
+    other = Structure(Lattice.cubic(7.7), ["Xe", "Kr"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert M.novelty_flags(copies + [other, None], index) == [False] * 10 + [True, False]
+
+
+def test_cli(tmp_path, capsys):
+    df = read_shared("mp20/val.csv.xz", n=12, seed=4)
+    ref = tmp_path / "ref.csv"
+    df.to_csv(ref, index=False)
+    cifs = tmp_path / "cifs"
+    cifs.mkdir()
+    for i, c in enumerate(df.cif):
+        (cifs / f"{i}.cif").write_text(c)
+    assert main(["evaluate", str(cifs), "--reference", str(ref), "--train", str(ref), "--out", str(tmp_path / "e"), "--num-proc", "1"]) == 0
+    assert "novelty=0.0000" in capsys.readouterr().out
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n_samples"] == 12 and (tmp_path / "e" / "summary.md").exists()
+
+
+def test_wyckoff_jsd_conditions_and_plots(tmp_path):
+    import tokenization
+
+    df = read_shared("mp20/val.csv.xz", n=40, seed=5)
+    ref = tmp_path / "ref.csv"
+    df.to_csv(ref, index=False)
+    rows = []
+    for i, cif in enumerate(df.cif):
+        s = Structure.from_str(cif, fmt="cif")
+        text = tokenization.encode(s)
+        group = int(text.split("\n")[0].split()[1])
+        rows.append({"id": f"s{i}", "ok": True, "cif": cif, "text": text, "group": group,
+                     "conditions": {"sg": group if i % 2 else 225, "band_gap": 1.0}})
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = evaluate(samples, ref, None, num_proc=1)
+    assert r["wyckoff_jsd"] < 1e-9
+    expected = sum(1 for i, row in enumerate(rows) if i % 2 or row["group"] == 225) / 40
+    assert r["conditional_accuracy"]["sg"]["rate"] == expected
+    assert "band_gap" in r["not_computed"]["conditional_accuracy"]
+    from pipelines.evaluate import write_report
+
+    write_report(r, tmp_path / "report")
+    assert (tmp_path / "report" / "space_groups.png").stat().st_size > 1000
+    assert "![distributions](distributions.png)" in (tmp_path / "report" / "summary.md").read_text()
