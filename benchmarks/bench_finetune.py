@@ -51,7 +51,7 @@ def flops_per_token(model, config: LlamaConfig, seq: int, full: bool) -> float:
 def build(case: str, accelerator: Accelerator):
     if case == "small":
         recipe = load_config(REPO / "configs" / "llm" / "crystal_lm_small.yaml")
-        config = scratch_config(recipe.model, vocab_size=166)
+        config = scratch_config(recipe.model, vocab_size=168)  # the crystal tokenizer's vocabulary
         model = LlamaForCausalLM(config)
         return model, config, True
     config = LlamaConfig(**LLAMA_8B, attn_implementation="sdpa")
