@@ -66,7 +66,7 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_report
 
-    result = evaluate(args.samples, args.reference, args.train, num_proc=args.num_proc)
+    result = evaluate(args.samples, args.reference, args.train, num_proc=args.num_proc, train_meta=args.train_meta)
     write_report(result, args.out)
     shown = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "uniqueness", "novelty", "sg_jsd", "p1_rate")
     print(" ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}" for k in shown))
@@ -131,6 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("samples", help="samples.jsonl (xtallm sample/refine) or a folder of CIFs")
     e.add_argument("--reference", required=True, help="CSV with a cif column (the held-out split)")
     e.add_argument("--train", action="append", default=[], help="CSV(s) novelty is checked against (repeatable)")
+    e.add_argument("--train-meta", action="append", default=[],
+                   help="CSV(s) of known crystals without positions (formula, a, b, c, alpha, beta, gamma)")
     e.add_argument("--out", required=True)
     e.add_argument("--num-proc", type=int, default=2)
     e.set_defaults(func=_evaluate)

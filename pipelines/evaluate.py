@@ -67,7 +67,14 @@ def load_structures(csv: str | Path, num_proc: int) -> list[Structure]:
     return [s for s in _parse_many(df["cif"].tolist(), num_proc, f"reading {Path(csv).name}") if s is not None]
 
 
-def evaluate(samples: str | Path, reference: str | Path, train: list[str | Path] | None = None, num_proc: int = 2) -> dict[str, Any]:
+def evaluate(
+    samples: str | Path,
+    reference: str | Path,
+    train: list[str | Path] | None = None,
+    num_proc: int = 2,
+    train_meta: list[str | Path] | None = None,
+) -> dict[str, Any]:
+    """All metrics; `train_meta` are formula + cell tables (no positions) that also count as known."""
     rows = load_samples(samples)
     n = len(rows)
     structures = _parse_many([r.get("cif") if r.get("ok") else None for r in rows], num_proc, "reading samples")
@@ -83,13 +90,14 @@ def evaluate(samples: str | Path, reference: str | Path, train: list[str | Path]
     result["validity"] = sum(a and b for a, b in zip(struct_ok, comp_ok)) / n
     unique = M.unique_indices(structures)
     result["uniqueness"] = len(unique) / n
-    if train:
-        index = M.ReferenceIndex(s for t in train for s in load_structures(t, num_proc))
-        novel = M.novelty_flags(tqdm(structures, desc="novelty", leave=False), index)
+    if train or train_meta:
+        index = M.ReferenceIndex(s for t in (train or []) for s in load_structures(t, num_proc))
+        lattices = M.LatticeIndex(pd.concat([pd.read_csv(t) for t in train_meta])) if train_meta else None
+        novel = M.novelty_flags(tqdm(structures, desc="novelty", leave=False), index, lattices)
         result["novelty"] = sum(novel) / n
-        result["n_train_reference"] = len(index)
+        result["n_train_reference"] = len(index) + (len(lattices) if lattices else 0)
     else:
-        not_computed["novelty"] = "no --train sets given"
+        not_computed["novelty"] = "no --train / --train-meta sets given"
     valid = [s for s, a, b in zip(structures, struct_ok, comp_ok) if a and b]
     result["wdist_density"] = M.wdist([s.density for s in valid], [s.density for s in ref])
     result["wdist_n_elements"] = M.wdist([len(s.composition.elements) for s in valid], [len(s.composition.elements) for s in ref])

@@ -9,7 +9,10 @@ from __future__ import annotations
 import math
 import warnings
 from collections import Counter
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 import numpy as np
 from pymatgen.analysis.structure_matcher import StructureMatcher
@@ -89,9 +92,53 @@ class ReferenceIndex:
         return any(self.matcher.fit(structure, ref) for ref in candidates)
 
 
-def novelty_flags(structures: Sequence[Structure | None], reference: ReferenceIndex) -> list[bool]:
-    """True for a parsed sample that matches no reference structure; False for unparseable ones."""
-    return [s is not None and not reference.contains(s) for s in structures]
+class LatticeIndex:
+    """Known crystals given only as formula + cell (no positions), e.g. MP-20 train metadata.
+
+    A sample matches when its reduced formula and atoms per formula unit agree and the
+    Niggli-reduced cells agree within the matcher's tolerances (lengths 30%, angles 10 deg):
+    the same question StructureMatcher asks first, without the positions it cannot check.
+    """
+
+    def __init__(self, table: "pd.DataFrame", ltol: float = 0.3, angle_tol: float = 10.0):
+        from pymatgen.core import Lattice
+
+        self.ltol, self.angle_tol = ltol, angle_tol
+        self.by_key: dict[tuple[str, int], list[np.ndarray]] = {}
+        for row in table.itertuples(index=False):
+            # `species` (one symbol per atom) gives the cell's composition; `formula` may be reduced
+            species = getattr(row, "species", None)
+            comp = Composition(Counter(str(species).split())) if isinstance(species, str) else Composition(row.formula)
+            reduced, factor = comp.get_reduced_composition_and_factor()
+            lattice = Lattice.from_parameters(row.a, row.b, row.c, row.alpha, row.beta, row.gamma)
+            key = (reduced.reduced_formula, int(round(factor)))
+            self.by_key.setdefault(key, []).append(_niggli_parameters(lattice))
+
+    def __len__(self) -> int:
+        return sum(len(v) for v in self.by_key.values())
+
+    def contains(self, structure: Structure) -> bool:
+        primitive = structure.get_primitive_structure()
+        reduced, factor = primitive.composition.get_reduced_composition_and_factor()
+        candidates = self.by_key.get((reduced.reduced_formula, int(round(factor))), [])
+        if not candidates:
+            return False
+        mine = _niggli_parameters(primitive.lattice)
+        for ref in candidates:
+            lengths_ok = np.all(np.abs(mine[:3] / ref[:3] - 1) <= self.ltol)
+            if lengths_ok and np.all(np.abs(mine[3:] - ref[3:]) <= self.angle_tol):
+                return True
+        return False
+
+
+def _niggli_parameters(lattice) -> np.ndarray:
+    reduced = lattice.get_niggli_reduced_lattice()
+    return np.array([*reduced.abc, *reduced.angles])
+
+
+def novelty_flags(structures: Sequence[Structure | None], reference: ReferenceIndex, lattices: LatticeIndex | None = None) -> list[bool]:
+    """True for a parsed sample that matches no reference structure (nor cell); False for unparseable ones."""
+    return [s is not None and not reference.contains(s) and not (lattices is not None and lattices.contains(s)) for s in structures]
 
 
 def distribution_jsd(samples: Iterable, reference: Iterable, support: Iterable | None = None) -> float:

@@ -108,3 +108,30 @@ def test_wyckoff_jsd_conditions_and_plots(tmp_path):
     write_report(r, tmp_path / "report")
     assert (tmp_path / "report" / "space_groups.png").stat().st_size > 1000
     assert "![distributions](distributions.png)" in (tmp_path / "report" / "summary.md").read_text()
+
+
+def test_novelty_against_cells_without_positions(tmp_path):
+    """MP-20 train metadata has formula + cell only: a sample with that composition and cell is not novel."""
+    df = read_shared("mp20/val.csv.xz", n=25, seed=6)
+    structures = [Structure.from_str(c, fmt="cif") for c in df.cif]
+    meta = []
+    for s in structures[:20]:
+        p = s.get_primitive_structure()
+        meta.append({"formula": p.composition.formula.replace(" ", ""), "a": p.lattice.a, "b": p.lattice.b, "c": p.lattice.c,
+                     "alpha": p.lattice.alpha, "beta": p.lattice.beta, "gamma": p.lattice.gamma})
+    import pandas as pd
+
+    lattices = M.LatticeIndex(pd.DataFrame(meta))
+    empty = M.ReferenceIndex([])
+    flags = M.novelty_flags(structures, empty, lattices)
+    assert flags[:20] == [False] * 20
+    assert sum(flags[20:]) >= 4  # the five others are (almost surely) new
+    real = read_shared("mp20/train_meta_no_positions.csv.xz", n=500)
+    index = M.LatticeIndex(real)
+    assert len(index) == 500
+    row = real.iloc[0]
+    from pymatgen.core import Lattice
+
+    twin = Structure(Lattice.from_parameters(row.a, row.b, row.c, row.alpha, row.beta, row.gamma), row.species.split(),
+                     np.random.default_rng(0).random((row.num_atoms, 3)))
+    assert index.contains(twin)  # random positions: no smaller cell, so the cell itself is compared
