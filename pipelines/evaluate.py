@@ -185,7 +185,7 @@ def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
                  label=["reference", "valid samples"], histtype="step")
     axes[0].set_xlabel("density (g/cm$^3$)")
     axes[0].legend()
-    axes[1].hist([data.get("reference_n_elements") or [], data.get("sample_n_elements") or []], bins=range(1, 10), density=True,
+    axes[1].hist([data.get("reference_n_elements") or [], data.get("sample_n_elements") or []], bins=[k + 0.5 for k in range(10)], density=True,
                  label=["reference", "valid samples"], histtype="bar")
     axes[1].set_xlabel("number of elements")
     axes[1].legend()
