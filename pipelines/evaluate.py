@@ -108,6 +108,7 @@ def evaluate(
     result["sg_jsd"] = M.distribution_jsd(parsed_groups, ref_groups) if parsed_groups else None
     result["p1_rate"] = sum(g == 1 for g in parsed_groups) / n
     result["n_reference"] = len(ref)
+    result.update(_layer_metrics(rows, structures))
     sample_labels = [label for r, s in zip(rows, structures) if s is not None for label in _wyckoff_of(r, s)]
     ref_labels = [label for s in tqdm(ref, desc="reference Wyckoff sites", leave=False) for label in _wyckoff_of({}, s)]
     result["wyckoff_jsd"] = M.distribution_jsd(sample_labels, ref_labels) if sample_labels and ref_labels else None
@@ -145,6 +146,37 @@ def _wyckoff_of(row: dict[str, Any], structure: Structure) -> list[str]:
         return M.wyckoff_labels(CrystalRecord.from_structure(structure, dim=row.get("dim") or 3))
     except (XtallmError, ValueError):
         return []
+
+
+def _layer_metrics(rows, structures) -> dict[str, Any]:
+    """Monolayer checks over the samples that claim dim=2 (rates over all of those samples)."""
+    layers = [(r, s) for r, s in zip(rows, structures) if r.get("dim") == 2 or (r.get("conditions") or {}).get("dim") == 2
+              or "lg" in (r.get("conditions") or {})]
+    if not layers:
+        return {}
+    n = len(layers)
+    detected, contiguous, vacuum_ok, requested, matched, thickness = 0, 0, 0, 0, 0, []
+    for row, s in layers:
+        if s is None:
+            continue
+        lg = detect_group(s, 2, symprec=0.1)
+        detected += lg is not None
+        geometry = M.layer_geometry(s)
+        contiguous += geometry["contiguous"]
+        vacuum_ok += geometry["vacuum_ok"]
+        thickness.append(geometry["thickness"])
+        want = (row.get("conditions") or {}).get("lg")
+        if want is not None:
+            requested += 1
+            matched += lg == want
+    return {
+        "n_2d": n,
+        "layer_group_detected_rate": detected / n,
+        "slab_contiguous_rate": contiguous / n,
+        "vacuum_ok_rate": vacuum_ok / n,
+        "lg_match_rate": matched / requested if requested else None,
+        "mean_thickness": float(sum(thickness) / len(thickness)) if thickness else None,
+    }
 
 
 def _conditional_accuracy(rows, structures, groups) -> tuple[dict[str, Any], set[str]]:
@@ -202,7 +234,8 @@ def write_report(result: dict[str, Any], out: str | Path) -> None:
     result = {k: v for k, v in result.items() if k != "_plots"}
     (out / "metrics.json").write_text(json.dumps(result, indent=2))
     lines = ["# Evaluation", "", "| metric | value |", "|---|---|"]
-    for key in METRIC_KEYS:
+    layer_keys = ("n_2d", "layer_group_detected_rate", "lg_match_rate", "slab_contiguous_rate", "vacuum_ok_rate", "mean_thickness")
+    for key in METRIC_KEYS + tuple(k for k in layer_keys if k in result):
         value = result.get(key)
         text = "—" if value is None else (f"{value:.4f}" if isinstance(value, float) else str(value))
         lines.append(f"| {key} | {text} |")

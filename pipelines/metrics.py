@@ -182,3 +182,23 @@ def condition_accuracy(requested: dict, structure: Structure, group: int | None)
         elif key == "density":
             out[key] = abs(structure.density - value) <= 0.1 * value
     return out
+
+
+def layer_geometry(structure: Structure, max_bond_gap: float = 3.5, min_vacuum: float = 5.0) -> dict[str, float | bool]:
+    """Thickness, and whether a monolayer is one contiguous slab with real vacuum around it.
+
+    Along the layer normal, the largest empty gap is the vacuum; any other gap wider than
+    `max_bond_gap` Å means atoms float apart from the slab.
+    """
+    from tokenization.record import layer_cell
+
+    layer = layer_cell(structure)
+    z = np.sort(layer.cart_coords[:, 2])
+    c = layer.lattice.c
+    gaps = np.diff(z)
+    vacuum = c - (z[-1] - z[0])
+    return {
+        "thickness": float(z[-1] - z[0]),
+        "contiguous": bool(len(gaps) == 0 or gaps.max() <= max_bond_gap),
+        "vacuum_ok": bool(vacuum >= min_vacuum),
+    }

@@ -135,3 +135,28 @@ def test_novelty_against_cells_without_positions(tmp_path):
     twin = Structure(Lattice.from_parameters(row.a, row.b, row.c, row.alpha, row.beta, row.gamma), row.species.split(),
                      np.random.default_rng(0).random((row.num_atoms, 3)))
     assert index.contains(twin)  # random positions: no smaller cell, so the cell itself is compared
+
+
+def test_monolayer_metrics(tmp_path):
+    import pandas as pd
+
+    from tests.conftest import FIXTURES
+
+    known = pd.read_csv(FIXTURES / "known_monolayers.csv")
+    rows = [{"id": r["name"], "ok": True, "cif": r.cif_layer_std, "dim": 2, "group": int(r.layer_group),
+             "conditions": {"lg": int(r.layer_group)}} for _, r in known.iterrows()]
+    # a broken layer: one atom floats 8 Å above the slab
+    s = Structure.from_str(known.cif_layer_std[0], fmt="cif")
+    s.append("S", s.cart_coords[0] + [0, 0, 8.0], coords_are_cartesian=True)
+    rows.append({"id": "floating", "ok": True, "cif": str(CifWriter(s)), "dim": 2, "group": None, "conditions": {"lg": 78}})
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref = tmp_path / "ref.csv"
+    pd.DataFrame({"cif": known.cif_layer_std}).to_csv(ref, index=False)
+    r = evaluate(samples, ref, None, num_proc=1)
+    assert r["n_2d"] == 6 and r["layer_group_detected_rate"] == 1.0
+    assert r["slab_contiguous_rate"] == 5 / 6 and r["vacuum_ok_rate"] == 1.0
+    assert r["lg_match_rate"] == 5 / 6  # the floating atom breaks p-6m2
+    assert 0 < r["mean_thickness"] < 10
+    geometry = M.layer_geometry(Structure.from_str(known.cif_layer_std[3], fmt="cif"))  # graphene
+    assert geometry["thickness"] < 0.01 and geometry["contiguous"]
