@@ -154,8 +154,11 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     node[keys[-1]] = value
 
 
-def load_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
-    """Recipe YAML + `section.key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
+def load_recipe(cls: type, path: str | Path | None, overrides: list[str] | None = None):
+    """Any recipe dataclass from YAML + `section.key=value` overrides (values parsed as YAML: 1e-4, true, [a, b]).
+
+    Shared by the fine-tuning and refiner recipes, so both read and override the same way.
+    """
     tree: dict[str, Any] = {}
     if path is not None:
         text = Path(path).read_text()
@@ -165,7 +168,12 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
         if not sep:
             raise ValueError(f"override {item!r}: expected section.key=value")
         _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    config = _build(FinetuneConfig, tree, "config")
+    return _build(cls, tree, "config")
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:
+    """The fine-tuning recipe (see load_recipe), checked for combinations that cannot work."""
+    config = load_recipe(FinetuneConfig, path, overrides)
     if config.model.method not in ("full", "lora", "qlora"):
         raise ValueError(f"model.method must be full, lora or qlora, got {config.model.method!r}")
     if config.model.base == "from_scratch" and config.model.method == "qlora":
