@@ -43,6 +43,7 @@ class ModelConfig:
     scratch: ScratchConfig = field(default_factory=ScratchConfig)
     lora: LoraSettings = field(default_factory=LoraSettings)
     adapter: str | None = None  # start LoRA from an existing adapter
+    tokenizer: str | None = None  # saved tokenizer folder (from_scratch: default builds the crystal tokenizer)
     trust_remote_code: bool = False
     attn_implementation: str | None = "sdpa"
     gradient_checkpointing: bool = False
@@ -66,6 +67,7 @@ class DataConfig:
     )
     unconditional_prob: float = 0.2  # share of examples with no header at all
     condition_keep_prob: float = 0.5  # otherwise each available condition is kept with this chance
+    always_conditions: list[str] = field(default_factory=list)  # kept in every prompt (e.g. [dim, lg] for a layer-group adapter)
     augment: bool = True
     packing: bool = False
     limit: int | None = None  # first N rows of each source (debugging)
@@ -98,6 +100,8 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=lambda: ["tensorboard"])  # add "wandb" if installed
     num_workers: int = 0
     stop_after_steps: int | None = None  # stop early without changing the schedule (tests, preemption drills)
+    time_limit_s: float | None = None  # finish (save the final model) once training has run this long
+    compile: bool = False  # torch.compile the model (dynamic shapes); fuses a small model's many small kernels
 
 
 @dataclass

@@ -29,11 +29,9 @@ from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from llm.card import write_model_card
 from llm.config import FinetuneConfig, load_config
-from llm.data import CrystalExamples, PackedExamples, collate, load_sources
+from llm.data import PackedExamples, build_examples, collate
 from llm.hf_generate import sample_texts
 from llm.model import count_parameters, load_model, load_tokenizer, save_xtallm_config
-from tokenization import get_format
-from tokenization.errors import XtallmError
 
 
 class Progress:
@@ -101,6 +99,9 @@ def evaluate_loss(model, loader, accelerator: Accelerator) -> float:
 
 def parse_rate(model, tokenizer, config: FinetuneConfig, accelerator: Accelerator) -> float:
     """Share of unconditional samples that decode into a crystal (main process only)."""
+    from tokenization import get_format
+    from tokenization.errors import XtallmError
+
     fmt = get_format(config.data.fmt)
     texts = sample_texts(
         accelerator.unwrap_model(model),
@@ -164,25 +165,18 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(config.model, config.data.max_length)
 
-    with accelerator.main_process_first():  # the first process prepares (and caches) the data
-        rows = load_sources(config.data.train, config.data)
-        if config.data.eval:
-            eval_rows = load_sources(config.data.eval, config.data)
-        else:
-            split = rows.train_test_split(test_size=config.data.eval_fraction, seed=tc.seed)
-            rows, eval_rows = split["train"], split["test"]
-    train_set = CrystalExamples(rows, tokenizer, config.data, tc.seed, train=True)
-    eval_set = CrystalExamples(eval_rows, tokenizer, config.data, tc.seed, train=False)
+    train_set, eval_set = build_examples(config.data, tokenizer, tc.seed, accelerator.main_process_first)
     if config.data.packing:
         train_set = PackedExamples(train_set, config.data.max_length, tc.seed)
     pad = tokenizer.pad_token_id
+    multiple = 16 if tc.compile else 1
 
     def loader(dataset, shuffle: bool):
         return torch.utils.data.DataLoader(
             dataset,
             batch_size=tc.batch_size,
             shuffle=shuffle,
-            collate_fn=lambda b: collate(b, pad),
+            collate_fn=lambda b: collate(b, pad, multiple),
             num_workers=tc.num_workers,
             drop_last=False,
         )
@@ -192,6 +186,8 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     model = load_model(config, tokenizer, dtype)
     optimizer = build_optimizer(model, config)
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
+    if tc.compile:  # in place: the module (state-dict keys, unwrap, save) stays the same object
+        model.compile(dynamic=True)
 
     steps_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
@@ -228,6 +224,7 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     model.train()
     running, tokens, started = [], 0, time.perf_counter()
     stop_at = min(total_steps, tc.stop_after_steps or total_steps)
+    run_started, timed_out = time.perf_counter(), False
 
     while progress.step < stop_at:
         train_set.set_epoch(progress.epoch)
@@ -277,14 +274,23 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
                 if accelerator.is_main_process:
                     (output_dir / "metrics.partial.json").write_text(json.dumps(metrics))
                 save_checkpoint(accelerator, progress, output_dir, tc.keep_checkpoints)
+            if tc.time_limit_s and time.perf_counter() - run_started > tc.time_limit_s and progress.step < stop_at:
+                timed_out = True  # out of time: save what there is as the final model, say so in metrics
+                if "eval_loss" not in logs:
+                    logs["eval_loss"] = evaluate_loss(model, eval_loader, accelerator)
+                    accelerator.log(logs, step=progress.step)
+                    metrics["history"].append({"step": progress.step, **logs})
+                break
             if progress.step >= stop_at:
                 break
         else:
             progress.epoch += 1
             progress.batches_in_epoch = 0
+        if timed_out:
+            break
     bar.close()
 
-    if progress.step < total_steps:  # stopped early on purpose: leave a checkpoint to resume from
+    if progress.step < total_steps and not timed_out:  # stopped early on purpose: leave a checkpoint to resume from
         if accelerator.is_main_process:
             (output_dir / "metrics.partial.json").write_text(json.dumps(metrics))
         save_checkpoint(accelerator, progress, output_dir, tc.keep_checkpoints)
@@ -292,7 +298,9 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
         return metrics
     evals = [h["eval_loss"] for h in metrics["history"] if "eval_loss" in h]
     parses = [h["sample_parse_rate"] for h in metrics["history"] if "sample_parse_rate" in h]
-    metrics.update(steps=progress.step, final_eval_loss=evals[-1] if evals else None, final_sample_parse_rate=parses[-1] if parses else None)
+    if timed_out:
+        metrics.update(time_limit_reached=True, planned_steps=total_steps)
+    metrics.update(steps=progress.step, train_seconds=time.perf_counter() - run_started, final_eval_loss=evals[-1] if evals else None, final_sample_parse_rate=parses[-1] if parses else None)
     save_final(model, tokenizer, config, metrics, accelerator, output_dir)
     if accelerator.is_main_process:
         (output_dir / "metrics.partial.json").unlink(missing_ok=True)

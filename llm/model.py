@@ -14,6 +14,8 @@ XTALLM_CONFIG = "xtallm.json"  # text format and conditions a model was trained 
 
 
 def load_tokenizer(model_cfg: ModelConfig, max_length: int) -> PreTrainedTokenizerBase:
+    if model_cfg.tokenizer:  # a saved tokenizer: no pymatgen needed (pretokenized training on a bare GPU box)
+        return AutoTokenizer.from_pretrained(model_cfg.tokenizer, model_max_length=max_length)
     if model_cfg.base == "from_scratch":
         from tokenization.tokenizer import build_crystal_tokenizer
 
@@ -126,3 +128,44 @@ def save_xtallm_config(path: str | Path, config: FinetuneConfig) -> None:
 def read_xtallm_config(path: str | Path) -> dict:
     file = Path(path, XTALLM_CONFIG)
     return json.loads(file.read_text()) if file.exists() else {"fmt": "wyckoff"}
+
+
+PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
+DEFAULT_MODEL = "xtallm-crystal-11m"
+DEFAULT_ADAPTERS = {"layer_group": "xtallm-crystal-11m-lg-lora"}
+
+
+def default_model_path() -> Path:
+    """Folder of the embedded default crystal LM (package data: works from a wheel too)."""
+    path = PRETRAINED_DIR / DEFAULT_MODEL
+    if not (path / "config.json").exists():
+        raise FileNotFoundError(f"the embedded default model is missing at {path} (broken install?)")
+    return path
+
+
+def default_adapter_path(task: str = "layer_group") -> Path:
+    """Folder of a shipped LoRA adapter for the default model (`layer_group`: dim=2 lg=N prompts)."""
+    if task not in DEFAULT_ADAPTERS:
+        raise ValueError(f"no shipped adapter for {task!r}; known: {', '.join(DEFAULT_ADAPTERS)}")
+    path = PRETRAINED_DIR / DEFAULT_ADAPTERS[task]
+    if not (path / "adapter_config.json").exists():
+        raise FileNotFoundError(f"the shipped adapter {task!r} is missing at {path} (broken install?)")
+    return path
+
+
+def load_default_model(adapter: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):
+    """(model, tokenizer) of the embedded default, optionally with a shipped adapter.
+
+    Weights are stored in bf16 to keep the repository small; on CPU they are loaded as fp32
+    (bf16 matmuls are slow or missing on many CPUs), on GPU as bf16.
+    """
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
+    path = default_model_path()
+    model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)
+    if adapter is not None:
+        from peft import PeftModel
+
+        model = PeftModel.from_pretrained(model, str(default_adapter_path(adapter))).to(device)
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(str(path))
