@@ -320,6 +320,51 @@ def training_docs(work: Path, docs: Path) -> None:
         shutil.copy2(summary, docs / summary.name)
 
 
+EVAL_TRAIN = {"joint": "joint", "2d": "2d", "bulk": "bulk", "lora": "joint"}  # novelty: the mix the model saw
+
+
+def evaluate_cmd(work: Path, folder: Path, ref: Path) -> list[str]:
+    """The `xtallm evaluate` call for one model x prompt-set folder (held-out split as reference)."""
+    model, prompt_set = folder.name.split("_", 1)
+    split = "twod-heldout-v1" if prompt_set == "2d" else "mp20-heldout-v1"
+    cmd = ["xtallm", "evaluate", str(folder / "samples.jsonl"), "--reference", str(ref / f"{split}.csv.gz"),
+           "--train", str(ref / f"train_{EVAL_TRAIN[model]}.csv.gz"), "--out", str(folder / "evaluation"), "--num-proc", "1"]
+    if prompt_set == "bulk":
+        cmd += ["--train-meta", str(Path(os.environ.get("XTALLM_DATA", ROOT.parent / "shared" / "data")) / "mp20" / "train_meta_no_positions.csv.xz")]
+    return cmd
+
+
+def report(args: argparse.Namespace) -> int:
+    """Run `xtallm evaluate` on every decoded set (in parallel) and print the comparison table."""
+    work, ref = Path(args.work), Path(args.ref)
+    folders = sorted(p for p in (work / "eval").iterdir() if (p / "samples.jsonl").exists())
+    todo = [f for f in folders if not (f / "evaluation" / "metrics.json").exists()]
+    procs = [(f, subprocess.Popen(evaluate_cmd(work, f, ref), stdout=open(f / "evaluate.log", "w"), stderr=subprocess.STDOUT)) for f in todo]
+    for f, p in procs:
+        print(f.name, "exit", p.wait(), flush=True)
+    keys = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "validity", "uniqueness", "novelty",
+            "sg_jsd", "p1_rate", "wdist_density", "wdist_n_elements", "layer_group_detected_rate", "lg_match_rate",
+            "slab_contiguous_rate", "vacuum_ok_rate")
+    table = {}
+    for f in folders:
+        m = json.loads((f / "evaluation" / "metrics.json").read_text())
+        rows = [json.loads(line) for line in (f / "samples.jsonl").read_text().splitlines()]
+        if f.name.endswith("_2d"):  # requested-vs-detected layer group on the two prompt sets separately
+            for subset in ("uniform", "heldout"):
+                sub = [r for r in rows if r.get("set") == subset]
+                m[f"n_{subset}_prompts"] = len(sub)
+        table[f.name] = {k: m.get(k) for k in keys} | {"conditional_accuracy": m.get("conditional_accuracy")}
+    (work / "comparison.json").write_text(json.dumps(table, indent=2))
+    names = list(table)
+    lines = ["| metric | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for k in keys:
+        cells = [table[n][k] for n in names]
+        lines.append(f"| {k} | " + " | ".join("-" if c is None else (f"{c:.3f}" if isinstance(c, float) else str(c)) for c in cells) + " |")
+    print("\n".join(lines))
+    (work / "comparison.md").write_text("\n".join(lines) + "\n")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -344,8 +389,11 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("collect", help="decode, ship weights, write docs/training (CPU)")
     c.add_argument("--parts", required=True)
     c.add_argument("--work", default="runs/mix")
+    r = sub.add_parser("report", help="xtallm evaluate every decoded set; comparison table (CPU)")
+    r.add_argument("--work", default="runs/mix")
+    r.add_argument("--ref", default=".devdata/ref")
     args = parser.parse_args(argv)
-    return {"device": device, "device-sample": device_sample, "collect": collect}[args.command](args)
+    return {"device": device, "device-sample": device_sample, "collect": collect, "report": report}[args.command](args)
 
 
 if __name__ == "__main__":

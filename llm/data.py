@@ -127,7 +127,8 @@ class PretokenizedExamples(torch.utils.data.Dataset):
     """Examples whose condition draws and augmentations were made ahead of time.
 
     Folder layout: `pretokenized.json` ({"n_examples", "n_variants", ...}), `input_ids.npy`
-    (all token ids, flat), `offsets.npy` (n_examples * n_variants + 1), `prompt_len.npy`.
+    (all token ids, flat), `offsets.npy` (n_examples * n_variants + 1), `prompt_len.npy`; or the
+    same three arrays in one compressed `tokens.npz` (pipelines.training_data.compact).
     Example i in epoch e is row i * K + (e % K); the prompt part is masked from the loss.
     Several folders are concatenated (each keeps its own K).
     """
@@ -138,9 +139,13 @@ class PretokenizedExamples(torch.utils.data.Dataset):
         self.parts = []
         for source in sources:
             meta = json.loads(Path(source, PRETOKENIZED_META).read_text())
-            ids = np.load(Path(source, "input_ids.npy"), mmap_mode="r")
-            offsets = np.load(Path(source, "offsets.npy"))
-            prompt_len = np.load(Path(source, "prompt_len.npy"))
+            if Path(source, "tokens.npz").exists():  # compact form (uint8 ids, compressed) that travels
+                arrays = np.load(Path(source, "tokens.npz"))
+                ids, offsets, prompt_len = arrays["input_ids"], arrays["offsets"], arrays["prompt_len"]
+            else:
+                ids = np.load(Path(source, "input_ids.npy"), mmap_mode="r")
+                offsets = np.load(Path(source, "offsets.npy"))
+                prompt_len = np.load(Path(source, "prompt_len.npy"))
             k = int(meta["n_variants"])
             n = int(meta["n_examples"])
             if len(offsets) != n * k + 1 or len(prompt_len) != n * k:

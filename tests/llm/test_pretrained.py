@@ -1,0 +1,60 @@
+"""The shipped default model and its layer-group adapter load from the package and sample."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from llm.model import DEFAULT_ADAPTERS, PRETRAINED_DIR, default_adapter_path, default_model_path, load_default_model
+from llm.sampling import SamplingOptions
+from pipelines.records import read_samples
+from pipelines.sample import SampleJob, make_sampler, run_sample
+
+MIB = 1024 * 1024
+
+
+def test_shipped_weights_are_small_safetensors():
+    files = sorted(PRETRAINED_DIR.rglob("*.safetensors"))
+    assert files, "no shipped weights"
+    assert all(f.stat().st_size < 16 * MIB for f in files)
+    assert sum(f.stat().st_size for f in files) <= 28_000_000
+    for folder in (default_model_path(), default_adapter_path()):
+        text = (folder / "README.md").read_text()
+        assert text.startswith("---\n") and "library_name" in text and (folder / "xtallm.json").exists()
+
+
+def test_default_and_adapter_load_in_fp32_on_cpu():
+    model, tok = load_default_model(device="cpu")
+    assert next(model.parameters()).dtype == torch.float32
+    assert 5e6 < sum(p.numel() for p in model.parameters()) < 14e6
+    ids = torch.tensor([[tok.bos_token_id] + tok("dim=2 lg=78\n", add_special_tokens=False)["input_ids"]])
+    tuned, _ = load_default_model(adapter="layer_group", device="cpu")
+    with torch.no_grad():
+        assert not torch.allclose(model(ids).logits, tuned(ids).logits)
+    config = json.loads((default_adapter_path() / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == default_model_path().name
+    with pytest.raises(ValueError, match="no shipped adapter"):
+        default_adapter_path("nope")
+    assert set(DEFAULT_ADAPTERS) == {"layer_group"}
+
+
+@pytest.fixture(scope="module")
+def engine():
+    job = SampleJob(model=str(default_model_path()), out="unused", adapter=str(default_adapter_path()))
+    sampler = make_sampler(job)
+    yield sampler
+    shutdown = getattr(getattr(sampler.llm.llm_engine, "engine_core", None), "shutdown", None)
+    if shutdown:
+        shutdown()
+
+
+@pytest.mark.parametrize("adapter, conditions", [(False, {"dim": 3, "sg": 225}), (True, {"dim": 2, "lg": 78})])
+def test_constrained_samples_parse(engine, tmp_path, adapter, conditions):
+    job = SampleJob(model=str(default_model_path()), out=str(tmp_path), num_samples=12, constrained=True, conditions=conditions,
+                    adapter=str(default_adapter_path()) if adapter else None, options=SamplingOptions(max_tokens=448))
+    summary = run_sample(job, sampler=engine)
+    rows = list(read_samples(tmp_path / "samples.jsonl"))
+    assert summary["parse_rate"] == 1.0 and len(rows) == 12
+    assert {(r["dim"], r["group"]) for r in rows} == {(conditions["dim"], conditions.get("sg", conditions.get("lg")))}
