@@ -66,12 +66,31 @@ def _sample(args: argparse.Namespace) -> int:
 def _evaluate(args: argparse.Namespace) -> int:
     from .evaluate import evaluate, write_report
 
-    result = evaluate(args.samples, args.reference, args.train, num_proc=args.num_proc, train_meta=args.train_meta)
+    cutoffs = args.coverage_cutoffs
+    if "," in cutoffs:
+        cutoffs = tuple(float(x) for x in cutoffs.split(","))
+    result = evaluate(args.samples, args.reference, args.train, num_proc=args.num_proc, train_meta=args.train_meta,
+                      coverage=not args.no_coverage, coverage_cutoffs=cutoffs,
+                      coverage_all_parsed=args.coverage_all_parsed, hull=args.hull, mlff=args.mlff,
+                      stability_subsample=args.stability_subsample, relax_steps=args.relax_steps, fmax=args.fmax,
+                      device=args.device, seed=args.seed)
     write_report(result, args.out)
-    shown = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "uniqueness", "novelty", "sg_jsd", "p1_rate")
+    shown = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "uniqueness", "novelty", "cov_recall", "cov_precision",
+             "sg_jsd", "p1_rate", "stable_rate", "sun_rate")
     print(" ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}" for k in shown))
     print(f"metrics.json and summary.md in {args.out}")
     return 0
+
+
+def _hull_build(args: argparse.Namespace) -> int:
+    from .hull import HullJob, build_hull
+
+    s = build_hull(HullJob(args.structures, args.out, mlff=args.mlff, steps=args.relax_steps, fmax=args.fmax,
+                           limit=args.limit, device=args.device, add_elements=not args.no_elements))
+    print(f"{s['rows']} reference energies in {args.out} ({s['computed_now']} computed now, {s['failed_now']} failed, "
+          f"{s['skipped_done']} already there)")
+    return 0
+
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -127,7 +146,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--data-parallel-size", type=int, default=1)
     s.set_defaults(func=_sample)
 
-    e = sub.add_parser("evaluate", help="validity, uniqueness, novelty and symmetry metrics of samples")
+    e = sub.add_parser("evaluate", help="validity, uniqueness, novelty, coverage, symmetry and stability metrics of samples")
     e.add_argument("samples", help="samples.jsonl (xtallm sample/refine) or a folder of CIFs")
     e.add_argument("--reference", required=True, help="CSV with a cif column (the held-out split)")
     e.add_argument("--train", action="append", default=[], help="CSV(s) novelty is checked against (repeatable)")
@@ -135,7 +154,32 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CSV(s) of known crystals without positions (formula, a, b, c, alpha, beta, gamma)")
     e.add_argument("--out", required=True)
     e.add_argument("--num-proc", type=int, default=2)
+    e.add_argument("--no-coverage", action="store_true", help="skip COV-R/COV-P (CrystalNN fingerprints)")
+    e.add_argument("--coverage-cutoffs", default="mp20", help="CDVAE cutoffs: mp20, carbon, perovskite or STRUCT,COMP")
+    e.add_argument("--coverage-all-parsed", action="store_true",
+                   help="COV numerator over all parsed samples, as CDVAE's script does (default: valid samples only)")
+    e.add_argument("--hull", default=None, help="reference energies from `xtallm hull build` (enables stability, S.U.N.)")
+    e.add_argument("--mlff", choices=["sevennet", "chgnet"], default=None,
+                   help="potential for relaxations (default: the hull's; must match it); alone: monolayer energies only")
+    e.add_argument("--stability-subsample", type=int, default=None, help="relax at most N valid samples (random, --seed)")
+    e.add_argument("--relax-steps", type=int, default=1500, help="FIRE steps at most (FrechetCellFilter)")
+    e.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å")
+    e.add_argument("--device", default=None, help="cpu, cuda (default: a GPU when present)")
+    e.add_argument("--seed", type=int, default=0)
     e.set_defaults(func=_evaluate)
+
+    h = sub.add_parser("hull", help="reference convex hull from MLFF energies of known crystals").add_subparsers(
+        dest="hull_command", required=True)
+    hb = h.add_parser("build", help="relax known structures with an MLFF and write their corrected energies")
+    hb.add_argument("--structures", action="append", required=True, help="CSV(s) of known crystals (cif column; repeatable)")
+    hb.add_argument("--mlff", choices=["sevennet", "chgnet"], default="sevennet")
+    hb.add_argument("--out", required=True, help="hull CSV (appended to; a rerun resumes)")
+    hb.add_argument("--relax-steps", type=int, default=200, help="FIRE steps per structure (0: single points)")
+    hb.add_argument("--fmax", type=float, default=0.05)
+    hb.add_argument("--limit", type=int, default=None, help="first N rows of each CSV")
+    hb.add_argument("--device", default=None)
+    hb.add_argument("--no-elements", action="store_true", help="do not add ASE elemental references for missing elements")
+    hb.set_defaults(func=_hull_build)
 
     d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
     d.add_argument("--out", default="outputs/demo")

@@ -202,3 +202,24 @@ def layer_geometry(structure: Structure, max_bond_gap: float = 3.5, min_vacuum: 
         "contiguous": bool(len(gaps) == 0 or gaps.max() <= max_bond_gap),
         "vacuum_ok": bool(vacuum >= min_vacuum),
     }
+
+
+def with_vacuum(structure: Structure, vacuum: float = 15.0) -> Structure:
+    """The same monolayer with c perpendicular and `vacuum` Å of empty space.
+
+    Layers from different sources carry different vacuum; StructureMatcher compares cell
+    lengths (ltol), so 2D samples and 2D references are brought to one vacuum before matching.
+    """
+    from pymatgen.core import Lattice
+
+    from tokenization.record import layer_cell
+
+    layer = layer_cell(structure)
+    cart = layer.cart_coords
+    z = cart[:, 2]
+    thickness = float(z.max() - z.min())
+    a, b, gamma = layer.lattice.a, layer.lattice.b, layer.lattice.gamma
+    lattice = Lattice.from_parameters(a, b, thickness + vacuum, 90.0, 90.0, gamma)
+    cart = cart.copy()
+    cart[:, 2] += (thickness + vacuum) / 2 - (z.max() + z.min()) / 2
+    return Structure(lattice, layer.species, cart, coords_are_cartesian=True)

@@ -25,7 +25,7 @@ def test_mp20_val_against_itself(tmp_path):
     df.to_csv(ref, index=False)
     samples = tmp_path / "samples.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in _rows(df.cif)))
-    r = evaluate(samples, ref, [ref], num_proc=2)
+    r = evaluate(samples, ref, [ref], num_proc=2, coverage=False)  # coverage: tests/test_coverage.py
     assert r["n_samples"] == 300 and r["parse_rate"] == 1.0
     assert r["struct_validity"] == 1.0
     assert r["novelty"] == 0.0
@@ -35,6 +35,7 @@ def test_mp20_val_against_itself(tmp_path):
     assert r["sg_jsd"] < 1e-9  # same crystals, same groups
     assert r["wdist_density"] < 0.3  # valid subset (~90%) vs all of them
     assert r["cov_recall"] is None and "cov_recall" in r["not_computed"]
+    assert r["stable_rate"] is None and "hull" in r["not_computed"]["stable_rate"]
 
 
 def test_broken_samples_count_as_invalid(tmp_path):
@@ -98,7 +99,7 @@ def test_wyckoff_jsd_conditions_and_plots(tmp_path):
                      "conditions": {"sg": group if i % 2 else 225, "band_gap": 1.0}})
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    r = evaluate(samples, ref, None, num_proc=1)
+    r = evaluate(samples, ref, None, num_proc=1, coverage=False)
     assert r["wyckoff_jsd"] < 1e-9
     expected = sum(1 for i, row in enumerate(rows) if i % 2 or row["group"] == 225) / 40
     assert r["conditional_accuracy"]["sg"]["rate"] == expected
@@ -152,11 +153,36 @@ def test_monolayer_metrics(tmp_path):
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     ref = tmp_path / "ref.csv"
-    pd.DataFrame({"cif": known.cif_layer_std}).to_csv(ref, index=False)
-    r = evaluate(samples, ref, None, num_proc=1)
+    pd.DataFrame({"cif_layer_std": known.cif_layer_std}).to_csv(ref, index=False)  # a 2D table
+    bulk = tmp_path / "bulk.csv"
+    read_shared("mp20/val.csv.xz", n=5, seed=7).to_csv(bulk, index=False)
+    r = evaluate(samples, ref, [ref, bulk], num_proc=1)
+    assert r["novelty_2d"] == 1 / 6 and r["novelty"] == 1 / 6  # only the broken layer is new
+    assert r["uniqueness_2d"] >= 5 / 6  # 2H- and 1T-MoS2 may match under the lenient pinned matcher
+    assert 1.2 < r["wdist_thickness"] < 1.45  # same layers, but one is 8 Å thicker: 8/6 Å
+    assert r["cov_recall"] == 1.0
     assert r["n_2d"] == 6 and r["layer_group_detected_rate"] == 1.0
     assert r["slab_contiguous_rate"] == 5 / 6 and r["vacuum_ok_rate"] == 1.0
     assert r["lg_match_rate"] == 5 / 6  # the floating atom breaks p-6m2
     assert 0 < r["mean_thickness"] < 10
     geometry = M.layer_geometry(Structure.from_str(known.cif_layer_std[3], fmt="cif"))  # graphene
     assert geometry["thickness"] < 0.01 and geometry["contiguous"]
+
+
+def test_monolayers_matched_at_common_vacuum(tmp_path):
+    """A monolayer with more vacuum than its reference copy is still the same crystal (not novel)."""
+    import pandas as pd
+
+    df = read_shared("twod/2dmatpedia_5914.csv.xz", n=20, seed=8)
+    ref = tmp_path / "train2d.csv"
+    df[["cif_layer_std"]].to_csv(ref, index=False)
+    rows = []
+    for i, cif in enumerate(df.cif_layer_std):
+        s = M.with_vacuum(Structure.from_str(cif, fmt="cif"), vacuum=25.0)
+        rows.append({"id": f"l{i}", "ok": True, "cif": str(CifWriter(s)), "dim": 2, "group": None})
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = evaluate(samples, ref, [ref], num_proc=1, coverage=False)
+    assert r["novelty_2d"] == 0.0 and r["n_train_reference_2d"] == 20
+    assert r["wdist_thickness"] < 1e-3  # same layers, only the vacuum differs
+    assert pd.read_csv(ref).shape[0] == 20

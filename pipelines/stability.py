@@ -1,0 +1,218 @@
+"""MLFF relaxation and energies for the stability metrics (SevenNet-0 or CHGNet, both offline).
+
+Energy scales (never mix them, never correct twice):
+- SevenNet-0 (`sevenn`, weights inside the wheel) predicts raw PBE(+U) energies: they are put on
+  the Materials Project 2020 scale with `MaterialsProject2020Compatibility` (anion and GGA/GGA+U
+  mixing corrections, U values of MPRelaxSet), scheme "MP2020".
+- CHGNet 0.3.0 (`chgnet`, weights inside the wheel) was trained on MPtrj energies that ALREADY carry
+  the MP2020 corrections: used as predicted, scheme "chgnet-native-MP2020".
+The (mlff, scheme) pair is written next to every hull energy and checked before any comparison.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+from pymatgen.core import Composition, Structure
+
+MLFFS: dict[str, str] = {"sevennet": "MP2020", "chgnet": "chgnet-native-MP2020"}
+DEFAULT_FMAX = 0.05  # eV/Å
+MAX_STEPS = 1500  # the protocol's cap on FIRE steps
+
+
+class MixedEnergyScalesError(ValueError):
+    """A hull made with one potential/correction scheme used with energies of another."""
+
+
+def check_mlff(name: str) -> str:
+    if name not in MLFFS:
+        raise ValueError(f"unknown MLFF {name!r}: use one of {sorted(MLFFS)} (both load offline)")
+    return name
+
+
+def default_device() -> str:
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def load_calculator(name: str, device: str | None = None):
+    """ASE calculator of a universal MLFF whose weights ship inside its wheel (no download)."""
+    check_mlff(name)
+    device = device or default_device()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if name == "sevennet":
+            from sevenn.calculator import SevenNetCalculator
+
+            return SevenNetCalculator("7net-0", device=device)
+        from chgnet.model import CHGNet, CHGNetCalculator
+
+        return CHGNetCalculator(CHGNet.load(model_name="0.3.0", use_device=device, verbose=False), use_device=device, on_isolated_atoms="ignore")
+
+
+@dataclass
+class Relaxation:
+    """Outcome of one relaxation (or single point); `error` says why there is no energy."""
+
+    energy: float | None = None  # eV, total, on the MLFF's raw scale
+    energy_per_atom: float | None = None
+    structure: Structure | None = None
+    steps: int = 0
+    converged: bool = False
+    error: str | None = None
+
+    def row(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("structure")
+        return d
+
+
+def _min_distance(structure: Structure) -> float:
+    if len(structure) == 1:
+        return min(structure.lattice.abc)
+    d = structure.distance_matrix + np.eye(len(structure)) * 1e9
+    return float(min(d.min(), *structure.lattice.abc))
+
+
+def relax(structure: Structure, calculator, steps: int = MAX_STEPS, fmax: float = DEFAULT_FMAX,
+          dim: int = 3) -> Relaxation:
+    """FIRE + FrechetCellFilter relaxation (steps=0: single point). Never raises for a bad crystal.
+
+    A monolayer (dim=2) keeps its out-of-plane cell vector: only the in-plane cell relaxes, so the
+    vacuum stays. A relaxation that ends with non-finite energy, atoms closer than 0.5 Å or a cell
+    that grew/shrank more than 5x counts as exploded.
+    """
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    try:
+        atoms = AseAtomsAdaptor.get_atoms(structure)
+        atoms.calc = calculator
+        volume0 = atoms.get_volume()
+        done = 0
+        converged = True
+        if steps > 0:
+            mask = [True, True, False, False, False, True] if dim == 2 else None
+            target = FrechetCellFilter(atoms, mask=mask)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                opt = FIRE(target, logfile=None)
+                converged = bool(opt.run(fmax=fmax, steps=steps))
+            done = int(opt.nsteps)
+        energy = float(atoms.get_potential_energy())
+        relaxed = AseAtomsAdaptor.get_structure(atoms)
+    except Exception as exc:  # a crystal the potential cannot handle must not stop the batch
+        return Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])
+    n = len(relaxed)
+    if not math.isfinite(energy):
+        return Relaxation(steps=done, error="non-finite energy")
+    ratio = relaxed.volume / volume0 if volume0 > 0 else float("inf")
+    if not 0.2 <= ratio <= 5.0:
+        return Relaxation(steps=done, error=f"exploded: volume changed {ratio:.2f}x")
+    if _min_distance(relaxed) < 0.5:
+        return Relaxation(steps=done, error="exploded: atoms closer than 0.5 Å")
+    return Relaxation(energy, energy / n, relaxed, done, converged)
+
+
+def mp2020_parameters(composition: Composition) -> dict[str, Any]:
+    """Run type and U values Materials Project would have used (MPRelaxSet), for the MP2020 scheme."""
+    from pymatgen.io.vasp.sets import MPRelaxSet
+
+    u_table = MPRelaxSet.CONFIG["INCAR"]["LDAUU"]
+    symbols = {e.symbol for e in composition.elements}
+    anions = [a for a in ("F", "O") if a in symbols and a in u_table]  # MP picks the most electronegative
+    hubbards = {s: float(u_table[anions[0]].get(s, 0.0)) for s in symbols} if anions else {}
+    run_type = "GGA+U" if any(v > 0 for v in hubbards.values()) else "GGA"
+    return {"run_type": run_type, "hubbards": hubbards if run_type == "GGA+U" else {}}
+
+
+def corrected_energy(mlff: str, structure: Structure, energy: float) -> tuple[float | None, str | None]:
+    """Total energy on the MP2020 scale for this MLFF (None + reason if the scheme rejects it)."""
+    if MLFFS[check_mlff(mlff)] != "MP2020":
+        return energy, None  # CHGNet: already on the corrected scale
+    from pymatgen.entries.compatibility import MaterialsProject2020Compatibility
+    from pymatgen.entries.computed_entries import ComputedStructureEntry
+
+    entry = ComputedStructureEntry(structure, energy, parameters=mp2020_parameters(structure.composition))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        processed = MaterialsProject2020Compatibility(check_potcar=False).process_entry(entry)
+    if processed is None:
+        return None, "MaterialsProject2020Compatibility rejected the entry"
+    return float(processed.energy), None
+
+
+class Hull:
+    """Reference energies from `xtallm hull build` and per-chemical-system phase diagrams.
+
+    Candidates are never added to a diagram: `get_e_above_hull(entry, allow_negative=True)`.
+    """
+
+    def __init__(self, path, mlff: str | None = None):
+        import pandas as pd
+
+        table = pd.read_csv(path)
+        need = {"formula", "energy_corrected", "mlff", "scheme"}
+        if missing := need - set(table.columns):
+            raise ValueError(f"{path}: not a hull file from `xtallm hull build` (missing columns {sorted(missing)})")
+        table = table[table["energy_corrected"].notna()]
+        if table.empty:
+            raise ValueError(f"{path}: no reference energies")
+        pairs = set(zip(table["mlff"], table["scheme"]))
+        if len(pairs) != 1:
+            raise MixedEnergyScalesError(f"{path} mixes potentials/correction schemes {sorted(pairs)}: rebuild it with one MLFF")
+        self.mlff, self.scheme = pairs.pop()
+        if mlff is not None and (mlff != self.mlff or MLFFS[check_mlff(mlff)] != self.scheme):
+            raise MixedEnergyScalesError(
+                f"{path} was built with {self.mlff} ({self.scheme} scale) but the samples are relaxed with {mlff} "
+                f"({MLFFS[mlff]} scale): energies of different potentials/schemes are not comparable "
+                f"(use --mlff {self.mlff}, or build a hull with --mlff {mlff})")
+        from pymatgen.entries.computed_entries import ComputedEntry
+
+        self.entries = [ComputedEntry(Composition(f), float(e), entry_id=str(i))
+                        for f, e, i in zip(table["formula"], table["energy_corrected"], table.get("id", table.index))]
+        self.elements = {e.symbol for entry in self.entries if len(entry.composition.elements) == 1 for e in entry.composition.elements}
+        self._diagrams: dict[frozenset[str], Any] = {}
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def diagram(self, chemsys: frozenset[str]):
+        if chemsys not in self._diagrams:
+            from pymatgen.analysis.phase_diagram import PhaseDiagram
+
+            entries = [e for e in self.entries if {el.symbol for el in e.composition.elements} <= chemsys]
+            self._diagrams[chemsys] = PhaseDiagram(entries)
+        return self._diagrams[chemsys]
+
+    def e_above_hull(self, composition: Composition, energy_corrected: float) -> tuple[float | None, str | None]:
+        """eV/atom above the reference hull (negative: below it); None + reason without terminal entries."""
+        from pymatgen.entries.computed_entries import ComputedEntry
+
+        chemsys = frozenset(e.symbol for e in composition.elements)
+        if missing := chemsys - self.elements:
+            return None, f"hull has no terminal entry for {', '.join(sorted(missing))}"
+        entry = ComputedEntry(composition, energy_corrected)
+        return float(self.diagram(chemsys).get_e_above_hull(entry, allow_negative=True)), None
+
+
+def elemental_reference(symbol: str) -> Structure:
+    """A starting structure for an element's terminal entry: ASE's reference crystal, else a dimer/atom in a box."""
+    from ase import Atoms
+    from ase.build import bulk
+    from ase.data import atomic_numbers, reference_states
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    state = reference_states[atomic_numbers[symbol]] or {}
+    try:
+        atoms = bulk(symbol)
+    except Exception:  # no simple crystal in ASE (diatomic gases, complex structures)
+        d = state.get("d", 2.0) if state.get("symmetry") == "diatom" else 2.5
+        atoms = Atoms(f"{symbol}2", positions=[[5.0, 5.0, 5.0], [5.0 + d, 5.1, 5.2]], cell=[10.0, 10.5, 11.0], pbc=True)
+    return AseAtomsAdaptor.get_structure(atoms)
