@@ -1,0 +1,97 @@
+"""MLFF stability: a small hull built in the test, e_above_hull of known stable crystals ~ 0."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
+
+from pipelines import stability as S
+from pipelines.cli import main
+from pipelines.evaluate import evaluate
+from pipelines.hull import HullJob, build_hull
+
+from .conftest import read_shared
+
+# few-atom crystals that are on the Materials Project hull (e_above_hull 0 in MP-20)
+STABLE = ["mp-22862", "mp-149"]  # rock-salt NaCl (2 atoms), diamond Si (2 atoms)
+
+
+@pytest.fixture(scope="module")
+def small_hull(tmp_path_factory):
+    data = pd.concat([read_shared("mp20/val.csv.xz"), read_shared("mp20/train_partial.csv.xz")])
+    known = data[data.material_id.isin(STABLE)]
+    assert len(known) == 2
+    folder = tmp_path_factory.mktemp("hull")
+    known.to_csv(folder / "known.csv", index=False)
+    out = folder / "hull.csv"
+    # Na and Cl have no elemental structure among the known ones: ASE references are added
+    summary = build_hull(HullJob([str(folder / "known.csv")], str(out), mlff="sevennet", steps=30, device="cpu"))
+    assert summary["rows"] == 4 and summary["failed_now"] == 0
+    return folder, known, out
+
+
+def test_hull_file_and_resume(small_hull):
+    folder, _, out = small_hull
+    table = pd.read_csv(out)
+    assert set(table["id"]) == {*STABLE, "element:Na", "element:Cl"}
+    assert set(table["mlff"]) == {"sevennet"} and set(table["scheme"]) == {"MP2020"}
+    nacl = table[table["id"] == "mp-22862"].iloc[0]
+    assert nacl["energy_corrected"] < nacl["energy"] - 0.3  # MP2020 chloride correction applied once
+    again = build_hull(HullJob([str(folder / "known.csv")], str(out), mlff="sevennet", steps=30, device="cpu"))
+    assert again["computed_now"] == 0 and again["rows"] == 4  # resumed: nothing recomputed
+    with pytest.raises(S.MixedEnergyScalesError):
+        build_hull(HullJob([str(folder / "known.csv")], str(out), mlff="chgnet"))
+
+
+def test_known_stable_crystals_sit_on_the_hull(small_hull, tmp_path):
+    _, known, out = small_hull
+    rows = [{"id": mid, "ok": True, "cif": cif, "group": None} for mid, cif in zip(known.material_id, known.cif)]
+    # CsCl-type NaCl: a real polymorph above rock salt; symmetry keeps it CsCl-type during relaxation
+    cscl = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows.append({"id": "NaCl-B2", "ok": True, "cif": str(CifWriter(cscl)), "group": None})
+    rows.append({"id": "garbage", "ok": False, "cif": None, "group": None})
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    ref = tmp_path / "ref.csv"
+    known.to_csv(ref, index=False)
+    assert main(["evaluate", str(samples), "--reference", str(ref), "--train", str(ref), "--hull", str(out), "--mlff", "sevennet",
+                 "--relax-steps", "40", "--device", "cpu", "--no-coverage", "--num-proc", "1", "--out", str(tmp_path / "e")]) == 0
+    details = pd.read_csv(tmp_path / "e" / "stability.csv").set_index("id")
+    for mid in STABLE:
+        assert abs(details.loc[mid, "e_above_hull"]) < 0.03, details.loc[mid].to_dict()
+    assert details.loc["NaCl-B2", "e_above_hull"] > 0.02
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n_relaxed"] == 3 and metrics["n_samples"] == 4
+    assert metrics["sun_rate"] == 0.0  # the stable ones are not novel (they are the training set)
+    assert metrics["stable_rate"] <= 2 / 4 and metrics["metastable_rate"] >= 2 / 4
+    assert (tmp_path / "e" / "e_above_hull.png").exists()
+    assert "over all 4 samples" in (tmp_path / "e" / "summary.md").read_text()
+
+
+def test_mixing_potentials_refused(small_hull, tmp_path):
+    _, known, out = small_hull
+    with pytest.raises(S.MixedEnergyScalesError, match="sevennet"):
+        evaluate(tmp_path / "unused.jsonl", out, hull=out, mlff="chgnet")
+    table = pd.read_csv(out)
+    table.loc[0, ["mlff", "scheme"]] = ["chgnet", S.MLFFS["chgnet"]]
+    mixed = tmp_path / "mixed.csv"
+    table.to_csv(mixed, index=False)
+    with pytest.raises(S.MixedEnergyScalesError, match="mixes"):
+        S.Hull(mixed)
+
+
+def test_chgnet_is_never_corrected_again():
+    s = Structure(Lattice.cubic(4.2), ["Fe", "O"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    assert S.corrected_energy("chgnet", s, -15.0) == (-15.0, None)
+    corrected, _ = S.corrected_energy("sevennet", s, -15.0)
+    assert corrected < -15.0  # oxide + Fe GGA/GGA+U mixing corrections
+
+
+def test_failed_relaxation_is_recorded_not_raised():
+    s = Structure(Lattice.cubic(3.0), ["Na"], [[0, 0, 0]])
+    r = S.relax(s, object(), steps=5)  # not a calculator: ASE raises inside, the batch goes on
+    assert r.energy is None and r.error
