@@ -1,0 +1,133 @@
+"""Evaluation speed: the whole metric set (no stability) and MLFF relaxation throughput.
+
+    python benchmarks/bench_evaluate.py metrics --n-samples 10000 --n-reference 9047 --num-proc 2
+    python benchmarks/bench_evaluate.py relax --mlff sevennet --n 8 --steps 100 [--device cuda]
+
+`metrics`: stand-in "samples" are real crystals (MP-20 train_partial first, then MPTS-52 val and
+test), reference = MP-20 val (first N rows), train = MP-20 train_partial + train_meta (novelty).
+The reference fingerprints are computed once (timed separately) and then read from the cache,
+as in repeated evaluations. `relax`: MP-20 val crystals (<= 20 atoms), rattled by 0.05 Å and
+strained by 3% so that FIRE has work to do, relaxed with FrechetCellFilter.
+Prints the figures and writes benchmarks/results/evaluate_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+DATA = Path(os.environ.get("XTALLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+def _machine() -> dict:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
+    return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu, "torch": torch.__version__}
+
+
+def bench_metrics(args) -> dict:
+    from pipelines import coverage as C
+    from pipelines.evaluate import evaluate
+
+    parts = [pd.read_csv(DATA / "mp20/train_partial.csv.xz"), pd.read_csv(DATA / "mpts52/val.csv.xz"), pd.read_csv(DATA / "mpts52/test.csv.xz")]
+    cifs = pd.concat([p[["cif"]] for p in parts]).cif.tolist()[: args.n_samples]
+    work = Path(tempfile.mkdtemp(prefix="bench_eval_"))
+    samples = work / "samples.jsonl"
+    samples.write_text("".join(json.dumps({"id": f"s{i}", "ok": True, "cif": c, "group": None}) + "\n" for i, c in enumerate(cifs)))
+    ref = work / "reference.csv"
+    pd.read_csv(DATA / "mp20/val.csv.xz").head(args.n_reference).to_csv(ref, index=False)
+    train = [str(DATA / "mp20/train_partial.csv.xz")]
+    meta = [str(DATA / "mp20/train_meta_no_positions.csv.xz")]
+    t = time.perf_counter()
+    C.reference_fingerprints(ref, num_proc=args.num_proc)
+    t_ref = time.perf_counter() - t
+    runs = []
+    for _ in range(args.repeats):
+        t = time.perf_counter()
+        r = evaluate(samples, ref, train, num_proc=args.num_proc, train_meta=meta)
+        runs.append(time.perf_counter() - t)
+    metrics = {k: r[k] for k in ("n_samples", "validity", "uniqueness", "novelty", "cov_recall", "cov_precision",
+                                 "wdist_density", "sg_jsd", "p1_rate", "wyckoff_jsd")}
+    out = {"what": "evaluate() without stability", "n_samples": len(cifs), "n_reference": args.n_reference,
+           "num_proc": args.num_proc, "reference_fingerprints_s": t_ref, "evaluate_s": runs,
+           "samples": "MP-20 train_partial, then MPTS-52 val, test", "metrics": metrics, "machine": _machine()}
+    print(f"reference fingerprints ({args.n_reference} crystals, first run, cached after): {t_ref:.1f} s")
+    print(f"evaluate {len(cifs)} samples vs {args.n_reference} references, {args.num_proc} processes: "
+          + ", ".join(f"{x:.1f} s" for x in runs))
+    print(json.dumps(metrics))
+    return out
+
+
+def bench_relax(args) -> dict:
+    from pymatgen.core import Structure
+
+    from pipelines import stability as S
+
+    warnings.filterwarnings("ignore")
+    source = DATA / "mp20/val.csv.xz"
+    if not source.exists():  # e.g. on the GPU machine: the 64 MP-20 crystals shipped with xtallm
+        source = ROOT / "tokenization/examples/bulk_examples.csv"
+    df = pd.read_csv(source)
+    df = df.sample(min(200, len(df)), random_state=0)
+    structures = [s for s in (Structure.from_str(c, fmt="cif") for c in df.cif) if len(s) <= 20][: args.n]
+    for s in structures:
+        s.perturb(0.05)
+        s.scale_lattice(s.volume * 1.03 ** 3)
+    device = args.device or S.default_device()
+    calc = S.load_calculator(args.mlff, device)
+    S.relax(structures[0].copy(), calc, steps=3)  # warm-up (kernels, first graph)
+    t = time.perf_counter()
+    results = [S.relax(s, calc, steps=args.steps, fmax=args.fmax) for s in structures]
+    elapsed = time.perf_counter() - t
+    steps = sum(r.steps for r in results)
+    out = {"mlff": args.mlff, "device": device, "n": len(structures), "max_steps": args.steps, "fmax": args.fmax,
+           "mean_atoms": sum(len(s) for s in structures) / len(structures), "seconds": elapsed,
+           "structures_per_s": len(structures) / elapsed, "steps_per_s": steps / elapsed, "total_steps": steps,
+           "converged": sum(r.converged for r in results), "failed": sum(r.error is not None for r in results),
+           "machine": _machine()}
+    print(f"{args.mlff} on {device}: {len(structures)} structures (mean {out['mean_atoms']:.1f} atoms), {steps} FIRE steps in "
+          f"{elapsed:.1f} s -> {out['structures_per_s']:.3f} structures/s, {out['steps_per_s']:.1f} steps/s; "
+          f"{out['converged']} converged (fmax {args.fmax}) within {args.steps} steps")
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="case", required=True)
+    m = sub.add_parser("metrics")
+    m.add_argument("--n-samples", type=int, default=10000)
+    m.add_argument("--n-reference", type=int, default=9047)
+    m.add_argument("--num-proc", type=int, default=2)
+    m.add_argument("--repeats", type=int, default=1)
+    r = sub.add_parser("relax")
+    r.add_argument("--mlff", choices=["sevennet", "chgnet"], default="sevennet")
+    r.add_argument("--n", type=int, default=8)
+    r.add_argument("--steps", type=int, default=100)
+    r.add_argument("--fmax", type=float, default=0.05)
+    r.add_argument("--device", default=None)
+    p.add_argument("--tag", default="")
+    args = p.parse_args()
+    out = bench_metrics(args) if args.case == "metrics" else bench_relax(args)
+    out["command"] = " ".join(sys.argv)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    name = f"evaluate_{args.case}" + (f"_{args.mlff}_{out['device'].split(':')[0]}" if args.case == "relax" else f"_{args.n_samples}")
+    path = RESULTS / f"{name}{args.tag}.json"
+    path.write_text(json.dumps(out, indent=2))
+    print(f"-> {path}")
+
+
+if __name__ == "__main__":
+    main()
