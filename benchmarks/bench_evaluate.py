@@ -118,7 +118,8 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=100)
     r.add_argument("--fmax", type=float, default=0.05)
     r.add_argument("--device", default=None)
-    p.add_argument("--tag", default="")
+    for parser in (m, r):
+        parser.add_argument("--tag", default="", help="suffix of the results file name")
     args = p.parse_args()
     out = bench_metrics(args) if args.case == "metrics" else bench_relax(args)
     out["command"] = " ".join(sys.argv)
