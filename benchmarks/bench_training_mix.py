@@ -265,10 +265,20 @@ def ship(work: Path) -> None:
         config = load_config(folder / "finetune_config.yaml")
         if folder == adapter_dir:
             config.model.base = DEFAULT_NAME
-        config.hub.dataset_name = "MP-20 (train_partial+val), MPTS-52 val, WBM 10k, perov_5 val, carbon_24 val, 2DMatPedia, MC2D; held out: mp20-heldout-v1, twod-heldout-v1"
+        config.hub.dataset_name = "MP-20 (train_partial+val), MPTS-52 val, perov_5 val, carbon_24 val, 2DMatPedia, MC2D; held out: mp20-heldout-v1, twod-heldout-v1"
         config.save(folder / "finetune_config.yaml")
         metrics = json.loads((folder / "metrics.json").read_text())
-        write_model_card(folder, config, metrics)
+        card = write_model_card(folder, config, metrics)
+        steps, planned = metrics.get("steps"), metrics.get("planned_steps")
+        note = (f"\n## Training run\n\nOne H100 (bf16{', compiled' if config.train.compile else ''}, packed 64 x 512-token rows), "
+                f"{metrics.get('parameters', 0) / 1e6:.1f}M parameters ({metrics.get('trainable_parameters', 0) / 1e6:.2f}M trained), "
+                f"{steps} optimizer steps in {metrics.get('train_seconds', 0):.0f} s"
+                + (f" (stopped by the time limit; {planned} planned)" if metrics.get("time_limit_reached") else "")
+                + f"; held-out eval loss {metrics.get('initial_eval_loss', 0):.3f} -> {metrics.get('final_eval_loss', 0):.3f}. "
+                "Held-out splits: `mp20-heldout-v1`, `twod-heldout-v1` (configs/data/ in the xtallm repository). "
+                "Logs and loss curves: docs/training/. Weights are bf16; `llm.model.load_default_model()` loads them "
+                "as fp32 on CPU.\n")
+        card.write_text(card.read_text() + note)
         info = json.loads((folder / "xtallm.json").read_text())
         info["base_model"] = config.model.base
         (folder / "xtallm.json").write_text(json.dumps(info, indent=2))
@@ -304,7 +314,7 @@ def training_docs(work: Path, docs: Path) -> None:
             ax.plot(*zip(*train), label=f"{name} train", alpha=0.8)
         if evals:
             ax.plot(*zip(*evals), "o-", label=f"{name} eval (held-out)", markersize=3)
-    axes[0].set_title("from scratch, same token budget")
+    axes[0].set_title("from scratch (80M-token budget planned; all three stopped at 210 s)", fontsize=9)
     axes[1].set_title("layer-group LoRA on the joint model")
     for ax in axes:
         ax.set_xlabel("optimizer step")
