@@ -93,6 +93,28 @@ def _hull_build(args: argparse.Namespace) -> int:
 
 
 
+def _refine(args: argparse.Namespace) -> int:
+    from refiner.refine import RefineOptions
+
+    from .refine import RefineJob, run_refine
+
+    options = RefineOptions(
+        tau=args.tau,
+        steps=args.steps,
+        corrector_steps=args.corrector_steps,
+        refine_lattice=not args.fixed_lattice,
+        batch_size=args.batch_size,
+        max_atoms=args.max_atoms,
+        seed=args.seed,
+    )
+    job = RefineJob(args.samples, args.out, args.checkpoint, options, vacuum=args.vacuum, device=args.device, check_symmetry=not args.no_check)
+    s = run_refine(job)
+    kept = f", group kept {s['group_kept_rate']:.3f}" if s["group_kept_rate"] is not None else ""
+    rate = f", {s['structures_per_s']:.1f} structures/s" if s["structures_per_s"] else ""
+    print(f"{s['refined']} of {s['samples']} refined ({s['passed_through']} passed through){kept}{rate} -> {args.out}/samples.jsonl")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -180,6 +202,22 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--device", default=None)
     hb.add_argument("--no-elements", action="store_true", help="do not add ASE elemental references for missing elements")
     hb.set_defaults(func=_hull_build)
+
+    r = sub.add_parser("refine", help="refine sampled crystals with the symmetry-exact diffusion refiner")
+    r.add_argument("samples", help="samples.jsonl (xtallm sample) or a folder of CIFs")
+    r.add_argument("--out", required=True)
+    r.add_argument("--checkpoint", default=None, help="refiner folder (default: the one shipped with xtallm)")
+    r.add_argument("--tau", type=float, default=0.3, help="noise level to start from, in (0, 1]")
+    r.add_argument("--steps", type=int, default=200, help="steps of the whole chain; round(tau*steps) are run")
+    r.add_argument("--corrector-steps", type=int, default=1)
+    r.add_argument("--fixed-lattice", action="store_true", help="refine coordinates only")
+    r.add_argument("--batch-size", type=int, default=256)
+    r.add_argument("--max-atoms", type=int, default=200, help="larger crystals (conventional cell) pass through")
+    r.add_argument("--vacuum", type=float, default=15.0, help="Å of vacuum for monolayers")
+    r.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: a GPU when present)")
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--no-check", action="store_true", help="skip re-detecting the group of refined crystals")
+    r.set_defaults(func=_refine)
 
     d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
     d.add_argument("--out", default="outputs/demo")

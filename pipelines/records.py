@@ -7,6 +7,7 @@ sample is kept: one that does not parse has ok=false and the ParseError message.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -32,10 +33,32 @@ def decode_sample(text: str, fmt: str = "wyckoff", vacuum: float = 15.0) -> dict
             structure = get_format(fmt).decode(text)
             dim = 3
             group = detect_group(structure, 3, symprec=0.1)
-        cif = str(CifWriter(structure))
+        cif = structure_cif(structure, dim, group)
         return {"ok": True, "error": None, "cif": cif, "dim": dim, "group": group}
     except (XtallmError, ValueError, ArithmeticError, IndexError) as exc:
         return {"ok": False, "error": f"{type(exc).__name__}: {exc}", "cif": None, "dim": None, "group": None}
+
+
+LAYER_GROUP_TAG = "_xtallm_layer_group_IT_number"
+
+
+def structure_cif(structure, dim: int, group: int | None) -> str:
+    """CIF text (P1 setting); a monolayer also carries its layer group, which CIF has no tag for."""
+    cif = str(CifWriter(structure))
+    if dim == 2 and group:
+        cif = cif.replace("_symmetry_space_group_name_H-M", f"{LAYER_GROUP_TAG}   {int(group)}\n_symmetry_space_group_name_H-M", 1)
+    return cif
+
+
+def declared_group(cif: str) -> tuple[int | None, int | None]:
+    """(dim, group) a CIF declares: the xtallm layer-group tag, else a space group other than P1."""
+    layer = re.search(rf"^{LAYER_GROUP_TAG}\s+(\d+)", cif, re.M)
+    if layer:
+        return 2, int(layer.group(1))
+    bulk = re.search(r"^_(?:symmetry_Int_Tables_number|space_group_IT_number)\s+(\d+)", cif, re.M)
+    if bulk and int(bulk.group(1)) > 1:
+        return 3, int(bulk.group(1))
+    return None, None
 
 
 def read_samples(path: str | Path) -> Iterator[dict[str, Any]]:

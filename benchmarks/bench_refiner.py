@@ -1,0 +1,338 @@
+"""Refiner benchmark: does refinement bring LLM-like degraded crystals back to the truth, and how fast is it?
+
+    python benchmarks/bench_refiner.py prepare --out .devdata/refiner/heldout.npz      # held-out splits -> arrays (+ records)
+    python benchmarks/bench_refiner.py run --checkpoint C --heldout H --out R.npz    # degrade + refine per tau, speed (torch only: GPU box)
+    python benchmarks/bench_refiner.py score --heldout H --refined R.npz             # StructureMatcher / RMSD / MLFF energy (CPU)
+
+Degradation imitates LLM output: free coordinates rounded to 2 decimals (layer z: 0.01 Å),
+then Gaussian noise of --noise Å, isotropic in Cartesian space within each Wyckoff site's free
+subspace, and the free lattice k components perturbed by N(0, --lattice-noise) (~1% lengths).
+The group and the Wyckoff assignment stay those of the true crystal, as with a parsed LLM sample.
+Writes benchmarks/results/refiner_*.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import numpy as np
+import torch
+
+from refiner.checkpoint import load_refiner
+from refiner.crystal import collate, lattice_matrix, site_noise, wrap_sites
+from refiner.data import load_arrays_with_records
+from refiner.diffusion import SamplerOptions, refine
+from refiner.lattice import project_k
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "benchmarks" / "results"
+
+
+def prepare(args) -> None:
+    from refiner.data import HeldOut, build_arrays, save_arrays
+
+    data = Path(args.data)
+    parts = [
+        ([str(data / "mp20/train_partial.csv.xz"), str(data / "mp20/val.csv.xz")], REPO / "configs/data/mp20-heldout-v1.csv", args.bulk),
+        ([str(data / "twod/2dmatpedia_5914.csv.xz"), str(data / "twod/mc2d_258.csv.xz")], REPO / "configs/data/twod-heldout-v1.csv", args.layers),
+    ]
+    crystals, ids, records = [], [], []
+    for sources, split, limit in parts:
+        c, i, r = build_arrays(sources, max_atoms=80, include=HeldOut([str(split)]))
+        order = np.random.default_rng(0).permutation(len(c))[:limit]
+        crystals += [c[j] for j in order]
+        ids += [i[j] for j in order]
+        records += [r[j] for j in order]
+    save_arrays(args.out, crystals, ids, records)
+    print(f"{len(crystals)} held-out crystals ({sum(c.dim == 3 for c in crystals)} bulk) -> {args.out}")
+
+
+def degrade(batch, noise: float, lattice_noise: float, seed: int):
+    """LLM-like errors on the true state: rounding, Cartesian noise, lattice perturbation."""
+    g = torch.Generator(device=batch.k.device).manual_seed(seed)
+    v = torch.round(batch.site_v * 100) / 100
+    v = wrap_sites(batch, v + site_noise(batch, lattice_matrix(batch), g) * noise) * batch.site_free
+    dk = torch.randn(batch.k.shape, generator=g, device=batch.k.device) * lattice_noise
+    k = project_k(batch.k + dk * batch.k_free, batch.k_free, batch.k_fixed)
+    return v, k
+
+
+def run(args) -> None:
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    refiner = load_refiner(args.checkpoint, device)
+    crystals, ids, _ = load_arrays_with_records(args.heldout)
+    if not args.skip_quality:
+        refine_heldout(refiner, crystals, device, args)
+    speed = measure_speed(refiner, crystals, device, args)
+    result = {"device": _device_name(device), "steps": args.steps, "speed": speed, "n": len(crystals), "date": time.strftime("%Y-%m-%d")}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = Path(args.speed_out or RESULTS / f"refiner_speed_{device.type}.json")
+    path.write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+
+
+def refine_heldout(refiner, crystals, device, args) -> None:
+    """Degrade every held-out crystal, refine it at each tau, save all states for `score`."""
+    n_sites = max(len(c.site_v) for c in crystals)
+    states = {"degraded_v": [], "degraded_k": []}
+    for tau in args.taus:
+        states[f"tau{tau}_v"], states[f"tau{tau}_k"] = [], []
+    for start in range(0, len(crystals), args.batch_size):
+        batch = collate(crystals[start : start + args.batch_size], refiner.vocab).to(device)
+        v, k = degrade(batch, args.noise, args.lattice_noise, seed=start)
+        states["degraded_v"].append(_pad(v, n_sites))
+        states["degraded_k"].append(k.cpu().numpy())
+        noisy = batch.replace(site_v=v, k=k)
+        for tau in args.taus:
+            g = torch.Generator(device=device).manual_seed(start)
+            options = SamplerOptions(steps=args.steps, corrector_steps=args.corrector_steps, bf16=device.type == "cuda", ode=args.ode)
+            rv, rk = refine(refiner.model, noisy, refiner.schedule, tau, options, g)
+            states[f"tau{tau}_v"].append(_pad(rv, n_sites))
+            states[f"tau{tau}_k"].append(rk.cpu().numpy())
+    out = {key: np.concatenate(value) for key, value in states.items()}
+    out["taus"] = np.array(args.taus)
+    np.savez_compressed(args.out, **out)
+
+
+def measure_speed(refiner, crystals, device, args) -> list[dict]:
+    """Structures/s for a full `steps`-step chain (tau = 1), per batch size and corrector setting."""
+    rows = []
+    for corrector in args.speed_correctors:
+        for batch_size in args.speed_batch_sizes:
+            # like refine_records: a batch holds crystals of similar size (here the middle of the size distribution)
+            by_size = sorted(crystals, key=lambda c: c.n_atoms)
+            start = max(0, len(by_size) // 2 - batch_size // 2)
+            chosen = [by_size[(start + i) % len(by_size)] for i in range(batch_size)]
+            batch = collate(chosen, refiner.vocab).to(device)
+            options = SamplerOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda")
+            times = []
+            for repeat in range(args.repeats + 1):  # first run warms up (kernels, allocator)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                t0 = time.perf_counter()
+                refine(refiner.model, batch, refiner.schedule, 1.0, options)
+                if device.type == "cuda":
+                    torch.cuda.synchronize()
+                if repeat:
+                    times.append(time.perf_counter() - t0)
+            best = min(times)
+            rows.append({"batch": batch_size, "corrector_steps": corrector, "seconds": times, "structures_per_s": batch_size / best,
+                         "forward_passes": args.steps * (1 + corrector), "mean_atoms": float(np.mean([c.n_atoms for c in chosen]))})
+            print(rows[-1])
+    return rows
+
+
+def sweep(args) -> None:
+    """Sampler settings x tau on the held-out set, scored in array space (fast, no pymatgen):
+    RMS Cartesian displacement to the truth after removing the mean shift (origin freedom), in Å."""
+    from refiner.crystal import expand, minimum_image
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    refiner = load_refiner(args.checkpoint, device)
+    crystals, ids, _ = load_arrays_with_records(args.heldout)
+    order = sorted(range(len(crystals)), key=lambda i: crystals[i].n_atoms)
+    settings = {"sde+corrector": dict(corrector_steps=1), "sde": dict(corrector_steps=0), "ode": dict(corrector_steps=0, ode=True)}
+    rows = []
+    for dim in (3, 2):
+        chosen = [crystals[i] for i in order if crystals[i].dim == dim]
+        batches = [collate(chosen[s : s + args.batch_size], refiner.vocab).to(device) for s in range(0, len(chosen), args.batch_size)]
+        degraded = [degrade(b, args.noise, args.lattice_noise, seed=j) for j, b in enumerate(batches)]
+
+        def error(states) -> tuple[float, float]:
+            rms, dk = [], []
+            for b, (v, k) in zip(batches, states):
+                d = minimum_image(b, expand(b, v) - expand(b, b.site_v)) @ lattice_matrix(b)
+                m = b.atom_mask[..., None].float()
+                d = d - (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
+                rms += torch.sqrt(((d**2).sum(-1) * m[..., 0]).sum(1) / m[..., 0].sum(1)).tolist()
+                dk += (k - b.k).abs().max(-1).values.tolist()
+            return float(np.mean(rms)), float(np.mean(dk))
+
+        rows.append({"dim": dim, "setting": "degraded", "tau": None, "rms": error(degraded)[0], "k_err": error(degraded)[1]})
+        print(rows[-1])
+        for name, extra in settings.items():
+            for tau in args.taus:
+                states = []
+                for j, (b, (v, k)) in enumerate(zip(batches, degraded)):
+                    g = torch.Generator(device=device).manual_seed(j)
+                    options = SamplerOptions(steps=args.steps, bf16=device.type == "cuda", **extra)
+                    states.append(refine(refiner.model, b.replace(site_v=v, k=k), refiner.schedule, tau, options, g))
+                rms, k_err = error(states)
+                rows.append({"dim": dim, "setting": name, "tau": tau, "rms": rms, "k_err": k_err})
+                print(rows[-1])
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"noise": args.noise, "lattice_noise": args.lattice_noise, "steps": args.steps, "rows": rows}, indent=1))
+
+
+def score(args) -> None:
+    import warnings
+
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from refiner.crystal import arrays_to_record
+    from tokenization.record import CrystalRecord, detect_group
+
+    warnings.simplefilter("ignore")
+    crystals, ids, records = load_arrays_with_records(args.heldout)
+    states = np.load(args.refined)
+    taus = [float(t) for t in states["taus"]]
+    matchers = {
+        "pinned": StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3),
+        "strict": StructureMatcher(stol=0.05, angle_tol=1, ltol=0.02),
+    }
+    variants = ["degraded"] + [f"tau{t}" for t in taus]
+    found: dict[str, dict[str, list]] = {v: {"match_pinned": [], "match_strict": [], "rms": [], "group_kept": [], "structures": []} for v in variants}
+    if args.limit:
+        records = records[: args.limit]
+    for i, record_json in enumerate(records):
+        truth_record = CrystalRecord.from_dict(json.loads(record_json))
+        truth = truth_record.to_structure()
+        n_sites = len(truth_record.sites)
+        for v in variants:
+            record = arrays_to_record(truth_record, states[f"{v}_k"][i].astype(np.float64), states[f"{v}_v"][i, :n_sites].astype(np.float64))
+            try:
+                s = record.to_structure(strict=False)
+            except Exception:
+                s = None
+            f = found[v]
+            f["structures"].append(s)
+            if s is None:
+                f["match_pinned"].append(False), f["match_strict"].append(False), f["rms"].append(np.nan), f["group_kept"].append(False)
+                continue
+            rms = matchers["pinned"].get_rms_dist(truth, s)
+            f["match_pinned"].append(rms is not None)
+            f["rms"].append(rms[0] if rms is not None else np.nan)
+            f["match_strict"].append(bool(matchers["strict"].fit(truth, s)))
+            f["group_kept"].append(detect_group(s, truth_record.dim, 0.01) == truth_record.group)
+    dims = np.array([c.dim for c in crystals])[: len(records)]
+    table = {}
+    for v in variants:
+        f = found[v]
+        table[v] = {}
+        for name, mask in (("bulk", dims == 3), ("2d", dims == 2), ("all", dims > 0)):
+            rms = np.array(f["rms"])[mask]
+            table[v][name] = {
+                "n": int(mask.sum()),
+                "match_rate_pinned": float(np.mean(np.array(f["match_pinned"])[mask])),
+                "match_rate_strict": float(np.mean(np.array(f["match_strict"])[mask])),
+                "mean_rms": float(np.nanmean(rms)) if np.isfinite(rms).any() else None,
+                "median_rms": float(np.nanmedian(rms)) if np.isfinite(rms).any() else None,
+                "group_kept": float(np.mean(np.array(f["group_kept"])[mask])),
+            }
+    if args.mlff:
+        table["mlff"] = mlff_energies(args.mlff, found, records, dims, args.mlff_n)
+    result = {"heldout": str(args.heldout), "refined": str(args.refined), "taus": taus, "table": table, "date": time.strftime("%Y-%m-%d"), "machine": platform.machine()}
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    Path(args.out or RESULTS / "refiner_quality.json").write_text(json.dumps(result, indent=1))
+    for v in variants:
+        row = table[v]
+        print(f"{v:10s} " + "  ".join(
+            f"{d}: match {row[d]['match_rate_pinned']:.3f}/{row[d]['match_rate_strict']:.3f} rms {row[d]['mean_rms'] or float('nan'):.4f} group {row[d]['group_kept']:.3f}"
+            for d in ("bulk", "2d")))
+    if "mlff" in table:
+        print(json.dumps(table["mlff"], indent=1))
+
+
+def mlff_energies(name: str, found, records, dims, limit: int) -> dict:
+    """Mean MLFF energy per atom (single points) of truth, degraded and refined bulk crystals."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from tokenization.record import CrystalRecord
+
+    calc = _calculator(name)
+    bulk = [i for i in range(len(records)) if dims[i] == 3][:limit]
+    energies: dict[str, list[float]] = {"truth": []}
+    for v in found:
+        energies[v] = []
+    for i in bulk:
+        truth = CrystalRecord.from_dict(json.loads(records[i])).to_structure()
+        structures = {"truth": truth, **{v: found[v]["structures"][i] for v in found}}
+        if any(s is None for s in structures.values()):
+            continue
+        for v, s in structures.items():
+            atoms = AseAtomsAdaptor.get_atoms(s)
+            atoms.calc = calc
+            energies[v].append(float(atoms.get_potential_energy()) / len(atoms))
+    return {"potential": name, "n": len(energies["truth"]), **{f"mean_energy_per_atom_{v}": float(np.mean(e)) for v, e in energies.items() if e},
+            **{f"mean_excess_vs_truth_{v}": float(np.mean(np.array(e) - np.array(energies["truth"]))) for v, e in energies.items() if e and v != "truth"}}
+
+
+def _calculator(name: str):
+    if name == "sevennet":
+        from sevenn.calculator import SevenNetCalculator
+
+        return SevenNetCalculator("7net-0", device="cpu")
+    if name == "chgnet":
+        from chgnet.model.dynamics import CHGNetCalculator
+
+        return CHGNetCalculator(use_device="cpu")
+    raise ValueError(f"unknown MLFF {name!r}: sevennet or chgnet")
+
+
+def _pad(v: torch.Tensor, n_sites: int) -> np.ndarray:
+    out = np.zeros((v.shape[0], n_sites, 3), np.float32)
+    out[:, : v.shape[1]] = v.float().cpu().numpy()
+    return out
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({torch.get_num_threads()} threads, {platform.processor() or platform.machine()})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare")
+    p.add_argument("--data", default=str(REPO.parent / "shared" / "data"))
+    p.add_argument("--bulk", type=int, default=500)
+    p.add_argument("--layers", type=int, default=300)
+    p.add_argument("--out", required=True)
+    r = sub.add_parser("run")
+    r.add_argument("--checkpoint", required=True)
+    r.add_argument("--heldout", required=True)
+    r.add_argument("--out", required=True)
+    r.add_argument("--speed-out", default=None)
+    r.add_argument("--taus", type=float, nargs="+", default=[0.1, 0.2, 0.3, 0.5])
+    r.add_argument("--steps", type=int, default=200)
+    r.add_argument("--corrector-steps", type=int, default=1)
+    r.add_argument("--ode", action="store_true", help="probability-flow sampler")
+    r.add_argument("--noise", type=float, default=0.1, help="Å")
+    r.add_argument("--lattice-noise", type=float, default=0.01, help="k units (~relative length change)")
+    r.add_argument("--batch-size", type=int, default=512)
+    r.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[256, 1024, 2048])
+    r.add_argument("--speed-correctors", type=int, nargs="+", default=[1, 0])
+    r.add_argument("--repeats", type=int, default=2)
+    r.add_argument("--skip-quality", action="store_true")
+    r.add_argument("--device", default=None)
+    w = sub.add_parser("sweep")
+    w.add_argument("--checkpoint", required=True)
+    w.add_argument("--heldout", required=True)
+    w.add_argument("--out", required=True)
+    w.add_argument("--taus", type=float, nargs="+", default=[0.2, 0.3, 0.4, 0.5, 0.6])
+    w.add_argument("--steps", type=int, default=200)
+    w.add_argument("--noise", type=float, default=0.1)
+    w.add_argument("--lattice-noise", type=float, default=0.01)
+    w.add_argument("--batch-size", type=int, default=512)
+    w.add_argument("--device", default=None)
+    s = sub.add_parser("score")
+    s.add_argument("--heldout", required=True)
+    s.add_argument("--refined", required=True)
+    s.add_argument("--mlff", default=None, choices=["sevennet", "chgnet"])
+    s.add_argument("--mlff-n", type=int, default=100, help="bulk crystals with MLFF single points")
+    s.add_argument("--limit", type=int, default=None, help="score the first N crystals only")
+    s.add_argument("--out", default=None)
+    args = parser.parse_args()
+    {"prepare": prepare, "run": run, "sweep": sweep, "score": score}[args.command](args)
+
+
+if __name__ == "__main__":
+    main()
