@@ -224,9 +224,16 @@ def prepare_dataset(
             table[f"_prop_{key}"] = pd.to_numeric(df[col], errors="coerce").astype(float)
     raw = datasets.Dataset.from_pandas(table, preserve_index=False)
     num_proc = num_proc if num_proc is not None else min(os.cpu_count() or 1, 8)
+    # explicit types: a chunk where every row encodes has only None errors, which datasets cannot type
+    text, integer = datasets.Value("string"), datasets.Value("int64")
+    features = datasets.Features(
+        row=integer, id=text, _cif=text, ok=datasets.Value("bool"), error=text, dim=integer, group=integer,
+        n_atoms=integer, n_sites=integer, formula=text, text=text, record=text, conditions=text,
+    )
     encoded = raw.map(
         _encode_batch,
         fn_kwargs={"opts": opts},
+        features=features,
         batched=True,
         batch_size=64,
         num_proc=num_proc if num_proc > 1 and len(raw) >= 128 else None,
