@@ -323,6 +323,11 @@ def training_docs(work: Path, docs: Path) -> None:
         ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(docs / "loss_curves.png", dpi=110)
+    for name in ("joint", "2d", "bulk", "lora"):  # the TensorBoard event files themselves (scalars only, a few kB)
+        folder = work / ("joint_logs" if name == "joint" else name) / "xtallm"
+        for event in folder.glob("events.out.tfevents.*.0"):
+            (docs / "tensorboard" / name).mkdir(parents=True, exist_ok=True)
+            shutil.copy2(event, docs / "tensorboard" / name / event.name)
     report = work / "device_report.json"
     if report.exists():
         shutil.copy2(report, docs / "device_report.json")
