@@ -459,7 +459,7 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="xtallm evaluate every decoded set; comparison table (CPU)")
     r.add_argument("--work", default="runs/mix")
     r.add_argument("--ref", default=".devdata/ref")
-    r.add_argument("--bulk-novelty-subsample", type=int, default=200, help="first N bulk samples get the novelty check")
+    r.add_argument("--bulk-novelty-subsample", type=int, default=50, help="first N bulk samples get the novelty check")
     args = parser.parse_args(argv)
     return {"device": device, "device-sample": device_sample, "collect": collect, "report": report}[args.command](args)
 
