@@ -115,6 +115,27 @@ def _refine(args: argparse.Namespace) -> int:
     return 0
 
 
+def _generate(args: argparse.Namespace) -> int:
+    from tokenization.conditions import parse_condition_args
+
+    from .generate import load_generate_config, run_generate
+
+    overrides = list(args.set)
+    for flag, key in ((args.model, "sample.model"), (args.adapter, "sample.adapter"), (args.backend, "sample.backend"), (args.checkpoint, "refine.checkpoint"), (args.tau, "refine.tau"), (args.steps, "refine.steps"), (args.seed, "sample.seed")):
+        if flag is not None:
+            overrides.append(f"{key}={flag}")
+    if args.no_refine:
+        overrides.append("refine.enabled=false")
+    if args.unconstrained:
+        overrides.append("sample.constrained=false")
+    config = load_generate_config(args.config, overrides)
+    s = run_generate(config, args.out, args.num_samples, parse_condition_args(args.condition), args.conditions_file)
+    refined = s["refine"]
+    extra = f", {refined['refined']} refined (group kept {refined['group_kept_rate']:.3f})" if refined and refined["group_kept_rate"] is not None else ""
+    print(f"{s['samples']} samples, parse rate {s['parse_rate']:.3f}{extra} in {s['total_seconds']:.0f} s -> {args.out}/samples.jsonl, {args.out}/cif/")
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
@@ -202,6 +223,24 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--device", default=None)
     hb.add_argument("--no-elements", action="store_true", help="do not add ASE elemental references for missing elements")
     hb.set_defaults(func=_hull_build)
+
+    g = sub.add_parser("generate", help="sample -> decode -> refine, end to end (embedded defaults when no model is given)")
+    g.add_argument("--out", required=True)
+    g.add_argument("--num-samples", type=int, default=100, help="samples per prompt")
+    g.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE", help="e.g. sg=225, dim=2, lg=78 (repeatable)")
+    g.add_argument("--conditions-file", default=None, help="CSV, one condition set (prompt) per row")
+    g.add_argument("--config", default=None, help="pipeline YAML (configs/pipeline/*.yaml)")
+    g.add_argument("--model", default=None, help="LM folder or hub id (default: the embedded xtallm LM)")
+    g.add_argument("--adapter", default=None, help="LoRA folder, or layer_group for the shipped adapter")
+    g.add_argument("--backend", default=None, choices=["vllm", "hf"])
+    g.add_argument("--checkpoint", default=None, help="refiner folder (default: the shipped refiner)")
+    g.add_argument("--tau", type=float, default=None)
+    g.add_argument("--steps", type=int, default=None)
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--no-refine", action="store_true")
+    g.add_argument("--unconstrained", action="store_true", help="free decoding (no grammar)")
+    g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any config override")
+    g.set_defaults(func=_generate)
 
     r = sub.add_parser("refine", help="refine sampled crystals with the symmetry-exact diffusion refiner")
     r.add_argument("samples", help="samples.jsonl (xtallm sample) or a folder of CIFs")

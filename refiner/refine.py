@@ -38,6 +38,19 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def size_batches(sizes: list[int], batch_size: int, typical_atoms: int = 24) -> list[list[int]]:
+    """Consecutive index batches over ascending sizes, capped so that batch x largest^2 (the padded
+    pair count, which sets the cost) stays within batch_size x typical_atoms^2."""
+    budget = batch_size * typical_atoms**2
+    batches: list[list[int]] = []
+    for i, n in enumerate(sizes):
+        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * n * n <= budget:
+            batches[-1].append(i)
+        else:
+            batches.append([i])
+    return batches
+
+
 def refine_records(refiner: Refiner, records: list, options: RefineOptions, progress: bool = True) -> list[tuple[object, str | None]]:
     """(refined record, None) or (input record, reason it was passed through), in input order."""
     if not 0.0 < options.tau <= 1.0:
@@ -51,7 +64,8 @@ def refine_records(refiner: Refiner, records: list, options: RefineOptions, prog
         else:
             todo.append(i)
     todo.sort(key=lambda i: records[i].n_atoms)  # similar sizes share a batch: little padding
-    batches = [todo[s : s + options.batch_size] for s in range(0, len(todo), options.batch_size)]
+    batches = size_batches([records[i].n_atoms for i in todo], options.batch_size)
+    batches = [[todo[j] for j in batch] for batch in batches]
     for b, chunk in enumerate(tqdm(batches, desc=f"refine tau={options.tau}", disable=not progress or len(batches) < 2)):
         arrays = [record_to_arrays(records[i]) for i in chunk]
         batch = collate(arrays, refiner.vocab).to(device)
