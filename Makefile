@@ -18,7 +18,7 @@ $(BIN)/xtallm: pyproject.toml
 install: $(BIN)/xtallm
 
 demo: install
-	$(BIN)/xtallm demo --out outputs/demo
+	$(BIN)/xtallm generate --num-samples 100 --out outputs/generate
 
 test: install
 	$(BIN)/python -m pytest -q
