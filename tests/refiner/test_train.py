@@ -1,0 +1,51 @@
+"""refiner/train.py: trains from a recipe, and a killed run resumes to exactly the same weights."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+from safetensors.torch import load_file
+
+from refiner.checkpoint import load_refiner
+from refiner.config import load_refiner_config
+from refiner.train import train
+from tests.conftest import REPO
+
+
+def _config(out, *extra):
+    return load_refiner_config(REPO / "configs" / "refiner" / "tiny_test.yaml", [f"train.output_dir={out}", "train.max_steps=6", "train.save_every=3", "train.eval_every=6", *extra])
+
+
+def _weights(out):
+    files = sorted((out / "model").glob("*.safetensors"))
+    state = {}
+    for f in files:
+        state.update(load_file(str(f)))
+    return state
+
+
+def test_resume_after_a_stop_gives_the_same_model(tmp_path):
+    straight = tmp_path / "straight"
+    train(_config(straight), resume=False)
+    stopped = tmp_path / "stopped"
+    partial = train(_config(stopped, "train.stop_after_steps=3"), resume=False)
+    assert "steps" not in partial and (stopped / "checkpoints" / "step_3" / "done").exists()
+    train(_config(stopped), resume=True)
+    a, b = _weights(straight), _weights(stopped)
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
+    metrics = json.loads((stopped / "metrics.json").read_text())
+    assert metrics["steps"] == 6 and "initial_eval" in metrics
+    refiner = load_refiner(stopped / "model")
+    assert refiner.info["steps"] == 6 and refiner.model.config.hidden == 32
+
+
+def test_recipe_errors_name_the_setting(tmp_path):
+    import pytest
+
+    with pytest.raises(ValueError, match="t_min"):
+        _config(tmp_path, "train.t_min=0.9", "train.t_max=0.5")
+    with pytest.raises(ValueError, match="unknown setting"):
+        _config(tmp_path, "train.nope=1")
