@@ -125,6 +125,8 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
                 for r in out_rows:
                     if r.get("cif"):
                         (cif_dir / f"{_safe(r['id'])}.cif").write_text(r["cif"])
+                    if r.get("refined") and r.get("dim") == 2:
+                        write_layer_extxyz(r["cif"], r["group"], cif_dir / f"{_safe(r['id'])}.extxyz")
             writer.write(out_rows)
     writer.close()
     elapsed = time.perf_counter() - started
@@ -171,6 +173,20 @@ def _output_row(row: dict[str, Any], record: CrystalRecord | None, note: str | N
     if job.check_symmetry:
         out["detected_group"] = detect_group(structure, record.dim, symprec=0.01)
     return out
+
+
+def write_layer_extxyz(cif: str, group: int, path: Path) -> None:
+    """A monolayer as extended XYZ with pbc (True, True, False) and its layer group, for ASE users."""
+    from ase.io import write
+    from pymatgen.core import Structure
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        atoms = AseAtomsAdaptor.get_atoms(Structure.from_str(cif, fmt="cif"))
+    atoms.pbc = (True, True, False)
+    atoms.info["layer_group"] = int(group)
+    write(str(path), atoms, format="extxyz")
 
 
 def _safe(name: str) -> str:

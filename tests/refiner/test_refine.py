@@ -6,6 +6,7 @@ import json
 import warnings
 from collections import Counter
 
+import ase.io
 import pytest
 from pymatgen.core import Structure
 
@@ -132,3 +133,6 @@ def test_known_monolayers_survive_encode_decode_refine(tmp_path):
         structure = Structure.from_str(r["cif"], fmt="cif")
         assert structure.lattice.c >= 20 - 1e-6  # the requested vacuum on top of the thickness (h-BN, graphene: flat)
         assert f"_xtallm_layer_group_IT_number   {expected}" in r["cif"]
+        atoms = ase.io.read(out / "cif" / f"known-{i}.extxyz")
+        assert tuple(atoms.pbc) == (True, True, False) and atoms.info["layer_group"] == expected
+        assert len(atoms) == len(structure)
