@@ -246,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("samples", help="samples.jsonl (xtallm sample) or a folder of CIFs")
     r.add_argument("--out", required=True)
     r.add_argument("--checkpoint", default=None, help="refiner folder (default: the one shipped with xtallm)")
-    r.add_argument("--tau", type=float, default=0.3, help="noise level to start from, in (0, 1]")
+    r.add_argument("--tau", type=float, default=0.2, help="noise level to start from, in (0, 1]; 0.2-0.3 measured best")
     r.add_argument("--steps", type=int, default=200, help="steps of the whole chain; round(tau*steps) are run")
     r.add_argument("--corrector-steps", type=int, default=1)
     r.add_argument("--fixed-lattice", action="store_true", help="refine coordinates only")

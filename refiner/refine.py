@@ -20,7 +20,7 @@ from .diffusion import SamplerOptions, refine
 
 @dataclass
 class RefineOptions:
-    tau: float = 0.3  # SDEdit start: t0 = tau (fraction of the chain)
+    tau: float = 0.2  # SDEdit start: t0 = tau (fraction of the chain); 0.2-0.3 measured best (docs/benchmarks.md)
     steps: int = 200  # steps of the whole chain; refining runs round(tau * steps)
     corrector_steps: int = 1
     corrector_step: float = 0.1
