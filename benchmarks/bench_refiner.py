@@ -102,30 +102,36 @@ def refine_heldout(refiner, crystals, device, args) -> None:
 
 
 def measure_speed(refiner, crystals, device, args) -> list[dict]:
-    """Structures/s of refine_records-style work: --speed-n crystals drawn from the held-out size
-    distribution, sorted by size and batched, a full `steps`-step chain (tau = 1)."""
+    """Structures/s of refine_records' work: --speed-n crystals drawn from the held-out size
+    distribution, sorted by size and batched as refine_records batches them (size_batches), a full
+    `steps`-step chain (tau = 1), with and without the CUDA-graph step."""
+    from refiner.refine import size_batches
+
     rng = np.random.default_rng(0)
     chosen = sorted((crystals[i] for i in rng.integers(0, len(crystals), args.speed_n)), key=lambda c: c.n_atoms)
     rows = []
-    for corrector in args.speed_correctors:
-        for batch_size in args.speed_batch_sizes:
-            batches = [collate(chosen[s : s + batch_size], refiner.vocab).to(device) for s in range(0, len(chosen), batch_size)]
-            options = SamplerOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda")
-            times = []
-            for repeat in range(args.repeats + 1):  # the first pass warms up (kernels, allocator)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                t0 = time.perf_counter()
-                for batch in batches:
-                    refine(refiner.model, batch, refiner.schedule, 1.0, options)
-                if device.type == "cuda":
-                    torch.cuda.synchronize()
-                if repeat or args.repeats == 0:
-                    times.append(time.perf_counter() - t0)
-            rows.append({"n": len(chosen), "batch": batch_size, "corrector_steps": corrector, "seconds": times,
-                         "structures_per_s": len(chosen) / min(times), "forward_passes_per_structure": args.steps * (1 + corrector),
-                         "mean_atoms": float(np.mean([c.n_atoms for c in chosen]))})
-            print(rows[-1], flush=True)
+    for graph in args.speed_graph:
+        for corrector in args.speed_correctors:
+            for batch_size in args.speed_batch_sizes:
+                plan = size_batches([c.n_atoms for c in chosen], batch_size)
+                batches = [collate([chosen[i] for i in b], refiner.vocab).to(device) for b in plan]
+                options = SamplerOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda", cuda_graph=bool(graph))
+                times = []
+                for repeat in range(args.repeats + 1):  # the first pass warms up (kernels, allocator)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    t0 = time.perf_counter()
+                    for batch in batches:
+                        refine(refiner.model, batch, refiner.schedule, 1.0, options)
+                    if device.type == "cuda":
+                        torch.cuda.synchronize()
+                    if repeat or args.repeats == 0:
+                        times.append(time.perf_counter() - t0)
+                rows.append({"n": len(chosen), "batch": batch_size, "batches": len(batches), "corrector_steps": corrector,
+                             "cuda_graph": bool(graph) and device.type == "cuda", "seconds": times,
+                             "structures_per_s": len(chosen) / min(times), "forward_passes_per_structure": args.steps * (1 + corrector),
+                             "mean_atoms": float(np.mean([c.n_atoms for c in chosen]))})
+                print(rows[-1], flush=True)
     return rows
 
 
@@ -311,6 +317,7 @@ def main() -> None:
     r.add_argument("--speed-batch-sizes", type=int, nargs="+", default=[256, 1024])
     r.add_argument("--speed-n", type=int, default=4096, help="crystals per speed measurement")
     r.add_argument("--speed-correctors", type=int, nargs="+", default=[1, 0])
+    r.add_argument("--speed-graph", type=int, nargs="+", default=[1, 0], help="1: CUDA-graph step, 0: eager")
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument("--skip-quality", action="store_true")
     r.add_argument("--device", default=None)

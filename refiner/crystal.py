@@ -256,13 +256,17 @@ def push_forward(batch: CrystalBatch, lattice: torch.Tensor, dv: torch.Tensor) -
     return torch.einsum("bnij,bnj->bni", m, dv_atom) * batch.atom_mask[..., None]
 
 
-def site_noise(batch: CrystalBatch, lattice: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
+def site_noise(
+    batch: CrystalBatch, lattice: torch.Tensor, generator: torch.Generator | None = None, xi: torch.Tensor | None = None
+) -> torch.Tensor:
     """Free-parameter noise whose Cartesian image is isotropic (unit variance) within each site's free subspace.
 
     Drawing in Cartesian space and projecting keeps a hexagonal cell's noise round, where
     isotropic noise in fractional coordinates would be stretched along the 120 degree axes.
+    `xi` (B, S, 3), standard normal, may be drawn beforehand (the sampler draws a whole chain's at once).
     """
-    xi = torch.randn(batch.site_v.shape, generator=generator, device=batch.site_v.device)
+    if xi is None:
+        xi = torch.randn(batch.site_v.shape, generator=generator, device=batch.site_v.device)
     m0 = torch.einsum("bji,bsjk->bsik", lattice, batch.site_a0)  # anchor's Jacobian L^T A0
     rhs = torch.einsum("bsij,bsi->bsj", m0, xi)
     normal = torch.einsum("bski,bskj->bsij", m0, m0) + torch.diag_embed(1.0 - batch.site_free)

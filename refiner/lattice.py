@@ -88,15 +88,53 @@ def project_k(k: torch.Tensor, free: torch.Tensor, fixed: torch.Tensor) -> torch
 
 def gram_from_k(k: torch.Tensor, dim: torch.Tensor) -> torch.Tensor:
     """G = exp(2 S) for a batch: k (B, 6), dim (B,) in {2, 3}."""
-    basis = torch.as_tensor(np.stack([BASIS[2], BASIS[3]]), dtype=k.dtype, device=k.device)
-    b = basis[(dim == 3).long()]  # (B, 6, 3, 3)
+    b = _basis(k.dtype, k.device)[(dim == 3).long()]  # (B, 6, 3, 3)
     s = torch.einsum("bi,bijk->bjk", k, b)
-    return torch.linalg.matrix_exp(2 * s)
+    return expm(2 * s)
+
+
+_BASIS_CACHE: dict[tuple, torch.Tensor] = {}
+
+
+def _basis(dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The basis on a device, made once: a host-to-device copy inside a CUDA graph capture is illegal."""
+    key = (dtype, str(device))
+    if key not in _BASIS_CACHE:
+        _BASIS_CACHE[key] = torch.as_tensor(np.stack([BASIS[2], BASIS[3]]), dtype=dtype, device=device)
+    return _BASIS_CACHE[key]
+
+
+def expm(a: torch.Tensor, squarings: int = 10, order: int = 10) -> torch.Tensor:
+    """exp of a stack of 3x3 matrices by scaling and squaring a Taylor series.
+
+    Fixed work and no host synchronisation (torch.linalg.matrix_exp reads norms back to the host),
+    so a sampler step can be captured as a CUDA graph. For ||a|| <= 100 (cells far beyond any
+    crystal's) the truncation error is below float64 rounding.
+    """
+    x = a / 2**squarings
+    eye = torch.eye(3, dtype=a.dtype, device=a.device).expand_as(a)
+    result = eye
+    for j in range(order, 0, -1):  # Horner: I + x (I + x/2 (I + x/3 (...)))
+        result = eye + (x @ result) / j
+    for _ in range(squarings):
+        result = result @ result
+    return result
 
 
 def lattice_from_gram(gram: torch.Tensor) -> torch.Tensor:
-    """One lattice (rows = vectors) with this metric: the Cholesky factor, a lower-triangular cell."""
-    return torch.linalg.cholesky(gram)
+    """One lattice (rows = vectors) with this metric: the Cholesky factor, a lower-triangular cell.
+
+    Closed form for 3x3 (torch.linalg.cholesky checks its result on the host: a sync per call).
+    """
+    g = gram
+    l00 = torch.sqrt(g[..., 0, 0])
+    l10, l20 = g[..., 1, 0] / l00, g[..., 2, 0] / l00
+    l11 = torch.sqrt(g[..., 1, 1] - l10**2)
+    l21 = (g[..., 2, 1] - l20 * l10) / l11
+    l22 = torch.sqrt(g[..., 2, 2] - l20**2 - l21**2)
+    zero = torch.zeros_like(l00)
+    rows = [torch.stack(r, dim=-1) for r in ((l00, zero, zero), (l10, l11, zero), (l20, l21, l22))]
+    return torch.stack(rows, dim=-2)
 
 
 def parameters_from_gram(gram: np.ndarray) -> tuple[float, float, float, float, float, float]:

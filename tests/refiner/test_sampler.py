@@ -1,0 +1,68 @@
+"""The sampler's numerics: sync-free lattice maths, seeded chains, and the CUDA-graph step.
+
+Torch and numpy only (the fixture is a numpy array file), so this file also runs on a GPU
+machine without the crystal stack.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from refiner.checkpoint import load_refiner
+from refiner.crystal import collate, lattice_matrix
+from refiner.data import load_arrays
+from refiner.diffusion import SamplerOptions, refine
+from refiner.lattice import expm, gram_from_k, lattice_from_gram
+from refiner.pretrained import default_refiner_path
+from tests.conftest import REPO
+
+FIXTURE = REPO / "tests" / "fixtures" / "refiner_examples.npz"  # 112 bulk + monolayer examples (tokenization/examples)
+
+
+@pytest.fixture(scope="module")
+def crystals():
+    return load_arrays(FIXTURE)[0]
+
+
+def test_expm_and_cholesky_match_torch_linalg(crystals):
+    g = torch.Generator().manual_seed(0)
+    a = torch.randn(500, 3, 3, generator=g, dtype=torch.float64)
+    a = a + a.transpose(1, 2)  # symmetric, as 2 S is
+    exact = torch.linalg.matrix_exp(a)
+    assert ((expm(a) - exact).abs() / exact.abs().amax((1, 2), keepdim=True)).max() < 1e-12
+    batch = collate(crystals, {})
+    gram = gram_from_k(batch.k.double(), batch.dim)
+    assert torch.allclose(lattice_from_gram(gram), torch.linalg.cholesky(gram), rtol=1e-10, atol=1e-10)
+    lattice = lattice_matrix(batch)
+    assert torch.allclose(lattice.double() @ lattice.double().transpose(1, 2), gram, rtol=1e-5)
+
+
+def _chain(refiner, batch, seed: int, **options):
+    g = torch.Generator(device=batch.k.device).manual_seed(seed)
+    return refine(refiner.model, batch, refiner.schedule, 0.2, SamplerOptions(steps=50, **options), g)
+
+
+def test_chain_is_seeded_and_moves_only_free_parameters(crystals):
+    refiner = load_refiner(default_refiner_path(), "cpu")
+    batch = collate(crystals[:24], refiner.vocab)
+    v1, k1 = _chain(refiner, batch, seed=1)
+    v2, k2 = _chain(refiner, batch, seed=1)
+    v3, _ = _chain(refiner, batch, seed=2)
+    assert torch.equal(v1, v2) and torch.equal(k1, k2)
+    assert not torch.allclose(v1, v3)
+    assert torch.all(v1[batch.site_free == 0] == 0)
+    fixed = batch.k_free == 0
+    assert torch.allclose(k1[fixed], batch.k_fixed[fixed])
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_cuda_graph_step_matches_eager(crystals):
+    refiner = load_refiner(default_refiner_path(), "cuda")
+    batch = collate(crystals, refiner.vocab).to("cuda")
+    for corrector_steps in (0, 1):
+        eager = _chain(refiner, batch, seed=3, corrector_steps=corrector_steps, cuda_graph=False)
+        graphed = _chain(refiner, batch, seed=3, corrector_steps=corrector_steps, cuda_graph=True)
+        for a, b in zip(eager, graphed):
+            assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
