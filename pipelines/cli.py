@@ -73,7 +73,7 @@ def _evaluate(args: argparse.Namespace) -> int:
                       coverage=not args.no_coverage, coverage_cutoffs=cutoffs,
                       coverage_all_parsed=args.coverage_all_parsed, hull=args.hull, mlff=args.mlff,
                       stability_subsample=args.stability_subsample, relax_steps=args.relax_steps, fmax=args.fmax,
-                      device=args.device, seed=args.seed)
+                      device=args.device, seed=args.seed, relaxed=args.relaxed)
     write_report(result, args.out)
     shown = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "uniqueness", "novelty", "cov_recall", "cov_precision",
              "sg_jsd", "p1_rate", "stable_rate", "sun_rate")
@@ -86,11 +86,20 @@ def _hull_build(args: argparse.Namespace) -> int:
     from .hull import HullJob, build_hull
 
     s = build_hull(HullJob(args.structures, args.out, mlff=args.mlff, steps=args.relax_steps, fmax=args.fmax,
-                           limit=args.limit, device=args.device, add_elements=not args.no_elements))
+                           limit=args.limit, device=args.device, add_elements=not args.no_elements, workers=args.workers))
     print(f"{s['rows']} reference energies in {args.out} ({s['computed_now']} computed now, {s['failed_now']} failed, "
           f"{s['skipped_done']} already there)")
     return 0
 
+
+def _relax(args: argparse.Namespace) -> int:
+    from .relax import RelaxJob, run_relax
+
+    s = run_relax(RelaxJob(args.samples, args.out, mlff=args.mlff, steps=args.relax_steps, fmax=args.fmax,
+                           subsample=args.subsample, seed=args.seed, device=args.device, workers=args.workers))
+    print(f"{s['chosen']} samples chosen: {s['relaxed_now']} relaxed now ({s['failed_now']} failed), "
+          f"{s['already_done']} already in {args.out}; {s['unreadable']} unreadable CIFs skipped")
+    return 0
 
 
 def _refine(args: argparse.Namespace) -> int:
@@ -209,7 +218,20 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--fmax", type=float, default=0.05, help="force convergence, eV/Å")
     e.add_argument("--device", default=None, help="cpu, cuda (default: a GPU when present)")
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--relaxed", default=None, help="`xtallm relax` output for these samples: read, not recomputed")
     e.set_defaults(func=_evaluate)
+
+    x = sub.add_parser("relax", help="MLFF relaxations of samples in parallel workers (JSONL out, resumable)")
+    x.add_argument("samples", help="samples.jsonl or a folder of CIFs")
+    x.add_argument("--out", required=True, help="JSONL, appended to (a rerun resumes)")
+    x.add_argument("--mlff", choices=["sevennet", "chgnet"], default="sevennet")
+    x.add_argument("--subsample", type=int, default=None, help="relax a random N of the readable samples (--seed)")
+    x.add_argument("--seed", type=int, default=0)
+    x.add_argument("--relax-steps", type=int, default=1500, help="FIRE steps at most (FrechetCellFilter)")
+    x.add_argument("--fmax", type=float, default=0.05)
+    x.add_argument("--device", default=None, help="cpu, cuda (default: a GPU when present)")
+    x.add_argument("--workers", type=int, default=1, help="parallel relaxations, each with its own potential")
+    x.set_defaults(func=_relax)
 
     h = sub.add_parser("hull", help="reference convex hull from MLFF energies of known crystals").add_subparsers(
         dest="hull_command", required=True)
@@ -222,6 +244,7 @@ def build_parser() -> argparse.ArgumentParser:
     hb.add_argument("--limit", type=int, default=None, help="first N rows of each CSV")
     hb.add_argument("--device", default=None)
     hb.add_argument("--no-elements", action="store_true", help="do not add ASE elemental references for missing elements")
+    hb.add_argument("--workers", type=int, default=1, help="parallel relaxations, each with its own potential")
     hb.set_defaults(func=_hull_build)
 
     g = sub.add_parser("generate", help="sample -> decode -> refine, end to end (embedded defaults when no model is given)")

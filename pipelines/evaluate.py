@@ -115,11 +115,14 @@ def evaluate(
     device: str | None = None,
     seed: int = 0,
     use_cache: bool = True,
+    relaxed: str | Path | None = None,
 ) -> dict[str, Any]:
     """All metrics; `train_meta` are formula + cell tables (no positions) that also count as known.
 
     Train tables with a `cif_layer_std` column are 2D references: monolayer samples are matched
-    against those (both at the same vacuum), bulk samples against the bulk tables.
+    against those (both at the same vacuum), bulk samples against the bulk tables. `relaxed` is the
+    output of `xtallm relax` on these samples: the valid samples found there are the stability
+    subsample, and their relaxations are read, not recomputed.
     """
     from . import coverage as C
 
@@ -130,7 +133,19 @@ def evaluate(
         if mlff is not None:
             S.check_mlff(mlff)
         hull_obj = S.Hull(hull, mlff) if hull is not None else None
-        stability_job = (hull_obj, mlff or hull_obj.mlff)
+        potential = mlff or (hull_obj.mlff if hull_obj is not None else None)
+        cache = None
+        if relaxed is not None:
+            from .relax import done_ids
+
+            cache = done_ids(relaxed)
+            if not cache:
+                raise ValueError(f"{relaxed}: no relaxations (write them with `xtallm relax`)")
+            if used := {r.get("mlff") for r in cache.values()} - {potential}:
+                raise S.MixedEnergyScalesError(f"{relaxed} holds relaxations with {sorted(used)}, the hull/--mlff is {potential}")
+        stability_job = (hull_obj, potential, cache)
+    elif relaxed is not None:
+        raise ValueError("--relaxed needs --hull (the relaxations are scored against it)")
     rows = load_samples(samples)
     n = len(rows)
     structures = _parse_many([r.get("cif") if r.get("ok") else None for r in rows], num_proc, "reading samples")
@@ -203,9 +218,9 @@ def evaluate(
     if not_evaluated:
         not_computed["conditional_accuracy"] = f"no property predictor for {', '.join(sorted(not_evaluated))}: not evaluated"
     if stability_job is not None:
-        hull_obj, potential = stability_job
+        hull_obj, potential, cache = stability_job
         result.update(_stability(rows, structures, valid_flags, layer, unique, novel, hull_obj, potential,
-                                 stability_subsample, relax_steps, fmax, device, seed, not_computed, plots))
+                                 stability_subsample, relax_steps, fmax, device, seed, not_computed, plots, cache))
     else:
         for key in ("stable_rate", "metastable_rate", "sun_rate", "msun_rate"):
             not_computed[key] = "no --hull given (build one with `xtallm hull build`)"
@@ -221,7 +236,7 @@ def evaluate(
 
 
 def _stability(rows, structures, valid_flags, layer, unique, novel, hull, mlff, subsample, relax_steps, fmax, device,
-               seed, not_computed, plots) -> dict[str, Any]:
+               seed, not_computed, plots, cache=None) -> dict[str, Any]:
     """Relax valid samples with the MLFF, e_above_hull against the hull; rates estimated over ALL samples.
 
     With a subsample of the valid samples, a rate is (share among the relaxed) x (valid / all): the
@@ -234,10 +249,13 @@ def _stability(rows, structures, valid_flags, layer, unique, novel, hull, mlff, 
     n = len(rows)
     valid_idx = [i for i, ok in enumerate(valid_flags) if ok]
     rng = np.random.default_rng(seed)
-    chosen = sorted(rng.choice(valid_idx, subsample, replace=False).tolist()) if subsample and subsample < len(valid_idx) else valid_idx
+    pool = valid_idx if cache is None else [i for i in valid_idx if str(rows[i].get("id", i)) in cache]
+    chosen = sorted(rng.choice(pool, subsample, replace=False).tolist()) if subsample and subsample < len(pool) else pool
     out: dict[str, Any] = {"mlff": mlff, "stability_relax_steps": relax_steps}
+    if cache is not None:
+        out["stability_relaxations"] = "read from `xtallm relax` output (valid samples found there form the subsample)"
     layer_valid = [i for i in valid_idx if layer[i]]
-    calc = S.load_calculator(mlff, device) if layer_valid or (hull is not None and chosen) else None
+    calc = S.load_calculator(mlff, device) if layer_valid or (hull is not None and chosen and cache is None) else None
     energies_2d = []
     for i in tqdm(layer_valid[: subsample or None], desc="monolayer energies", leave=False):
         r = S.relax(structures[i], calc, steps=0, dim=2)
@@ -252,7 +270,12 @@ def _stability(rows, structures, valid_flags, layer, unique, novel, hull, mlff, 
         return out
     details = []
     for i in tqdm(chosen, desc=f"relaxing ({mlff})"):
-        r = S.relax(structures[i], calc, steps=relax_steps, fmax=fmax, dim=2 if layer[i] else 3)
+        if cache is not None:
+            from .relax import cached_relaxation
+
+            r = cached_relaxation(cache[str(rows[i].get("id", i))])
+        else:
+            r = S.relax(structures[i], calc, steps=relax_steps, fmax=fmax, dim=2 if layer[i] else 3)
         e_hull, reason = None, r.error
         if r.energy is not None:
             corrected, reason = S.corrected_energy(mlff, r.structure, r.energy)

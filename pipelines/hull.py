@@ -38,6 +38,7 @@ class HullJob:
     limit: int | None = None
     device: str | None = None
     add_elements: bool = True
+    workers: int = 1  # parallel relaxations (pipelines.relax)
 
 
 def _known(paths: list[str], limit: int | None) -> Iterator[tuple[str, str, Structure]]:
@@ -86,24 +87,27 @@ def build_hull(job: HullJob) -> dict:
         have = {s.composition.elements[0].symbol for _, _, s in known if len(s.composition.elements) == 1}
         todo += [(f"element:{el}", "ase-reference", S.elemental_reference(el)) for el in elements
                  if el not in have and f"element:{el}" not in done]
-    calc = S.load_calculator(job.mlff, job.device) if todo else None
+    from .relax import relax_many
+
     out.parent.mkdir(parents=True, exist_ok=True)
     new_file = not out.exists() or out.stat().st_size == 0
     failed = 0
+    items = [((sid, src), structure, 3) for sid, src, structure in todo]
+    formula = {sid: (structure.composition.formula.replace(" ", ""), len(structure)) for sid, _, structure in todo}
     with open(out, "a", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
-        for sid, src, structure in tqdm(todo, desc=f"hull ({job.mlff})"):
-            r = S.relax(structure, calc, steps=job.steps, fmax=job.fmax)
+        for (sid, src), r in relax_many(items, job.mlff, job.steps, job.fmax, job.device, job.workers, desc="hull"):
             corrected, reason = (None, r.error)
             if r.energy is not None:
                 corrected, reason = S.corrected_energy(job.mlff, r.structure, r.energy)
             failed += corrected is None
+            name, n_atoms = formula[sid]
             writer.writerow({
-                "id": sid, "source": src, "formula": structure.composition.formula.replace(" ", ""),
-                "n_atoms": len(structure), "energy": r.energy, "energy_per_atom": r.energy_per_atom,
-                "energy_corrected": corrected, "energy_corrected_per_atom": corrected / len(structure) if corrected is not None else None,
+                "id": sid, "source": src, "formula": name,
+                "n_atoms": n_atoms, "energy": r.energy, "energy_per_atom": r.energy_per_atom,
+                "energy_corrected": corrected, "energy_corrected_per_atom": corrected / n_atoms if corrected is not None else None,
                 "mlff": job.mlff, "scheme": S.MLFFS[job.mlff], "steps": r.steps, "converged": r.converged, "error": reason,
             })
             f.flush()

@@ -107,6 +107,7 @@ def relax(structure: Structure, calculator, steps: int = MAX_STEPS, fmax: float 
             done = int(opt.nsteps)
         energy = float(atoms.get_potential_energy())
         relaxed = AseAtomsAdaptor.get_structure(atoms)
+        relaxed = Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)  # without the calculator pymatgen attaches
     except Exception as exc:  # a crystal the potential cannot handle must not stop the batch
         return Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])
     n = len(relaxed)

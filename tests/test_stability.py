@@ -95,3 +95,57 @@ def test_failed_relaxation_is_recorded_not_raised():
     s = Structure(Lattice.cubic(3.0), ["Na"], [[0, 0, 0]])
     r = S.relax(s, object(), steps=5)  # not a calculator: ASE raises inside, the batch goes on
     assert r.energy is None and r.error
+
+
+def _sample_rows(known) -> list[dict]:
+    rows = [{"id": mid, "ok": True, "cif": cif, "group": None} for mid, cif in zip(known.material_id, known.cif)]
+    cscl = Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows.append({"id": "NaCl-B2", "ok": True, "cif": str(CifWriter(cscl)), "group": None})
+    rows.append({"id": "garbage", "ok": False, "cif": None, "group": None})
+    return rows
+
+
+def test_relax_in_workers_resumes_and_evaluate_reads_it(small_hull, tmp_path):
+    _, known, out = small_hull
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in _sample_rows(known)))
+    relaxed = tmp_path / "relaxed.jsonl"
+    args = ["relax", str(samples), "--out", str(relaxed), "--relax-steps", "40", "--device", "cpu", "--workers", "2"]
+    assert main(args) == 0
+    rows = {r["id"]: r for r in map(json.loads, relaxed.read_text().splitlines())}
+    assert set(rows) == {*STABLE, "NaCl-B2"} and all(r["relaxed_cif"] and r["energy"] < 0 for r in rows.values())
+    assert main(args) == 0 and len(relaxed.read_text().splitlines()) == 3  # resumed: nothing relaxed twice
+    ref = tmp_path / "ref.csv"
+    known.to_csv(ref, index=False)
+    common = ["--reference", str(ref), "--train", str(ref), "--hull", str(out), "--no-coverage", "--num-proc", "1"]
+    assert main(["evaluate", str(samples), *common, "--relaxed", str(relaxed), "--out", str(tmp_path / "e")]) == 0
+    details = pd.read_csv(tmp_path / "e" / "stability.csv").set_index("id")
+    for mid in STABLE:
+        assert abs(details.loc[mid, "e_above_hull"]) < 0.03
+    assert details.loc["NaCl-B2", "e_above_hull"] > 0.02
+    assert json.loads((tmp_path / "e" / "metrics.json").read_text())["n_relaxed"] == 3
+    with pytest.raises(S.MixedEnergyScalesError, match="sevennet"):  # relaxations of one potential, hull of another
+        evaluate(samples, ref, hull=out, mlff="chgnet", relaxed=relaxed)
+    assert main(["relax", str(samples), "--out", str(relaxed), "--mlff", "chgnet"]) == 2  # not resumed with another potential
+
+
+def test_chgnet_end_to_end(tmp_path):
+    """CHGNet: hull, relaxations and e_above_hull on its own (MP2020-compatible) scale, no second correction."""
+    data = pd.concat([read_shared("mp20/val.csv.xz"), read_shared("mp20/train_partial.csv.xz")])
+    known = data[data.material_id.isin(STABLE)]
+    known.to_csv(tmp_path / "known.csv", index=False)
+    hull = tmp_path / "hull.csv"
+    assert main(["hull", "build", "--structures", str(tmp_path / "known.csv"), "--mlff", "chgnet", "--relax-steps", "30",
+                 "--device", "cpu", "--out", str(hull)]) == 0
+    table = pd.read_csv(hull)
+    assert set(table["scheme"]) == {"chgnet-native-MP2020"} and (table["energy_corrected"] == table["energy"]).all()
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in _sample_rows(known)))
+    relaxed = tmp_path / "relaxed.jsonl"
+    assert main(["relax", str(samples), "--out", str(relaxed), "--mlff", "chgnet", "--relax-steps", "40", "--device", "cpu"]) == 0
+    assert main(["evaluate", str(samples), "--reference", str(tmp_path / "known.csv"), "--hull", str(hull), "--relaxed",
+                 str(relaxed), "--no-coverage", "--num-proc", "1", "--out", str(tmp_path / "e")]) == 0
+    details = pd.read_csv(tmp_path / "e" / "stability.csv").set_index("id")
+    for mid in STABLE:
+        assert abs(details.loc[mid, "e_above_hull"]) < 0.03, details.loc[mid].to_dict()
+    assert details.loc["NaCl-B2", "e_above_hull"] > 0.02

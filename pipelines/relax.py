@@ -1,0 +1,155 @@
+"""`xtallm relax`: MLFF relaxations in parallel worker processes, written as they finish, resumable.
+
+Relaxing is the slow part of the stability metrics, and one relaxation keeps neither a CPU core
+nor a GPU busy: N workers (each with its own copy of the potential, on the GPU when there is
+one) run N relaxations at once. `xtallm relax` writes one JSON row per sample (energy and the
+relaxed CIF); `xtallm evaluate --relaxed` reads those rows instead of relaxing again, so the
+relaxations can run on a GPU machine and the scoring anywhere. `xtallm hull build --workers`
+uses the same pool.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from . import stability as S
+
+_CALCULATOR = None  # one per worker process
+
+
+def _init_worker(mlff: str, device: str | None) -> None:
+    global _CALCULATOR
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # N workers, not N x cores threads
+    import torch
+
+    torch.set_num_threads(1)
+    _CALCULATOR = S.load_calculator(mlff, device)
+
+
+def _relax_one(key: Any, structure: Structure, steps: int, fmax: float, dim: int) -> tuple[Any, S.Relaxation]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return key, S.relax(structure, _CALCULATOR, steps=steps, fmax=fmax, dim=dim)
+
+
+def relax_many(items: Iterable[tuple[Any, Structure, int]], mlff: str, steps: int = S.MAX_STEPS,
+               fmax: float = S.DEFAULT_FMAX, device: str | None = None, workers: int = 1,
+               desc: str = "relaxing") -> Iterator[tuple[Any, S.Relaxation]]:
+    """(key, Relaxation) for every (key, structure, dim), in the order they finish.
+
+    A structure the potential cannot handle comes back with its `error`; it never stops the rest.
+    """
+    items = list(items)
+    if not items:
+        return
+    bar = tqdm(total=len(items), desc=f"{desc} ({mlff}, {workers} worker{'s' * (workers > 1)})")
+    if workers <= 1:
+        _init_worker(mlff, device)
+        for key, structure, dim in items:
+            yield _relax_one(key, structure, steps, fmax, dim)
+            bar.update()
+        bar.close()
+        return
+    # spawn: CUDA cannot be used in forked children; each worker loads the potential once
+    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(mlff, device)) as pool:
+        queue = iter(items)
+        running = set()
+        for key, structure, dim in queue:  # keep 2 per worker in flight, not the whole list pickled at once
+            running.add(pool.submit(_relax_one, key, structure, steps, fmax, dim))
+            if len(running) >= 2 * workers:
+                break
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield future.result()
+                bar.update()
+                nxt = next(queue, None)
+                if nxt is not None:
+                    running.add(pool.submit(_relax_one, nxt[0], nxt[1], steps, fmax, nxt[2]))
+    bar.close()
+
+
+# ---------------------------------------------------------------------------- xtallm relax
+
+
+@dataclass
+class RelaxJob:
+    samples: str  # sampler JSONL or a folder of CIFs
+    out: str  # JSONL, appended to
+    mlff: str = "sevennet"
+    steps: int = S.MAX_STEPS
+    fmax: float = S.DEFAULT_FMAX
+    subsample: int | None = None  # relax a seeded random subset of the readable samples
+    seed: int = 0
+    device: str | None = None
+    workers: int = 1
+
+
+def done_ids(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Rows already in a relax output, by sample id (a torn last line is ignored)."""
+    from .records import read_samples
+
+    return {str(r["id"]): r for r in read_samples(path) if "id" in r}
+
+
+def run_relax(job: RelaxJob) -> dict[str, Any]:
+    """Relax (or resume relaxing) the job's samples; returns counts for the CLI."""
+    import numpy as np
+
+    from .evaluate import is_layer_sample, load_samples
+
+    S.check_mlff(job.mlff)
+    out = Path(job.out)
+    previous = done_ids(out)
+    if used := {r.get("mlff") for r in previous.values()} - {job.mlff}:
+        raise S.MixedEnergyScalesError(f"{out} holds relaxations with {sorted(used)}; not resuming it with {job.mlff}")
+    rows = load_samples(job.samples)
+    readable: list[tuple[str, Structure, int]] = []
+    unreadable = 0
+    for i, row in enumerate(rows):
+        if not (row.get("ok", True) and row.get("cif")):
+            continue
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                structure = Structure.from_str(row["cif"], fmt="cif")
+        except Exception:
+            unreadable += 1
+            continue
+        readable.append((str(row.get("id", i)), structure, 2 if is_layer_sample(row) else 3))
+    if job.subsample is not None and job.subsample < len(readable):
+        chosen = np.random.default_rng(job.seed).choice(len(readable), job.subsample, replace=False)
+        readable = [readable[j] for j in sorted(chosen)]
+    todo = [item for item in readable if item[0] not in previous]
+    out.parent.mkdir(parents=True, exist_ok=True)
+    failed = 0
+    with out.open("a") as f:
+        for sid, r in relax_many(todo, job.mlff, job.steps, job.fmax, job.device, job.workers):
+            failed += r.error is not None
+            row = {"id": sid, "mlff": job.mlff, **r.row(),
+                   "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+    return {"chosen": len(readable), "relaxed_now": len(todo), "failed_now": failed,
+            "already_done": len(readable) - len(todo), "unreadable": unreadable}
+
+
+def cached_relaxation(row: dict[str, Any]) -> S.Relaxation:
+    """A row of `xtallm relax` output back as a Relaxation (with its relaxed structure)."""
+    structure = None
+    if row.get("relaxed_cif"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(row["relaxed_cif"], fmt="cif")
+    return S.Relaxation(row.get("energy"), row.get("energy_per_atom"), structure, int(row.get("steps") or 0),
+                        bool(row.get("converged")), row.get("error"))
