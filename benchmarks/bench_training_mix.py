@@ -35,9 +35,10 @@ sys.path.insert(0, str(ROOT))
 
 RECIPE = "configs/llm/xtallm_default.yaml"
 LORA_RECIPE = "configs/llm/xtallm_lg_lora.yaml"
-MIX_FOLDERS = {"joint": ("bulk", "2d"), "bulk": ("bulk",), "2d": ("2d",)}
+MIX_FOLDERS = {"joint": ("bulk", "wbm", "2d"), "bulk": ("bulk", "wbm"), "2d": ("2d",)}  # missing folders are skipped
 MIX_DIMS = {"joint": [2, 3], "bulk": [3], "2d": [2]}
-SAMPLE_SETS = {"joint": ("bulk", "2d"), "bulk": ("bulk",), "2d": ("2d",), "lora": ("2d",)}
+MIX_ORDER = ("joint", "bulk", "2d")  # the default first: it ships even if a later run failed
+SAMPLE_SETS = {"joint": ("bulk", "2d", "cond"), "bulk": ("bulk",), "2d": ("2d",), "lora": ("2d",)}
 DEFAULT_NAME = "xtallm-crystal-11m"
 ADAPTER_NAME = "xtallm-crystal-11m-lg-lora"
 
@@ -58,101 +59,171 @@ def train_command(config: str, overrides: list[str]) -> list[str]:
     return [sys.executable, "llm/finetune.py", "--config", config, "--no-resume", *overrides]
 
 
+def _steady_tokens_per_s(metrics_path: Path, skip_steps: int) -> float | None:
+    """Median logged throughput after the first `skip_steps` steps (compilation is in the first interval)."""
+    import statistics
+
+    history = json.loads(metrics_path.read_text())["history"]
+    rates = [h["tokens_per_s"] for h in history if "tokens_per_s" in h and h["step"] > skip_steps]
+    return statistics.median(rates) if rates else None
+
+
 def device(args: argparse.Namespace) -> int:
+    """Phase `train`: a short compiled calibration run measures single-process throughput, then the
+    three from-scratch runs go one after another with the SAME token budget (max_steps from
+    tokens_per_step; the time limit is only a safety net), then HF sampling of the three models.
+    Phase `adapt`: the layer-group LoRA adapter on the returned joint model, then its samples."""
     import yaml
 
     started = time.perf_counter()
+    deadline = args.deadline
     out, runs, pretok = Path(args.out), Path(args.runs), Path(args.pretok)
     runs.mkdir(parents=True, exist_ok=True)
     recipe = yaml.safe_load(Path(RECIPE).read_text())
     batch, max_length = recipe["train"]["batch_size"], recipe["data"]["max_length"]
-    report: dict = {"budget_tokens": args.budget_tokens, "runs": {}}
+    report_path = runs / f"device_report_{args.phase}.json"
+    report: dict = {"phase": args.phase, "deadline_s": deadline, "runs": {}}
     procs: dict[str, subprocess.Popen] = {}
     logs: dict[str, object] = {}
+
+    def now() -> float:
+        return time.perf_counter() - started
 
     def launch(name: str, cmd: list[str]) -> None:
         logs[name] = open(runs / f"{name}.log", "w")
         env = {**os.environ, "PYTHONUNBUFFERED": "1", "TOKENIZERS_PARALLELISM": "false"}
         procs[name] = subprocess.Popen(cmd, stdout=logs[name], stderr=subprocess.STDOUT, env=env, cwd=ROOT)
-        report["runs"][name] = {"cmd": " ".join(cmd), "started_s": round(time.perf_counter() - started, 1)}
-        print(f"[{time.perf_counter() - started:6.1f}s] start {name}: {' '.join(cmd)}", flush=True)
-
-    for mix, folders in MIX_FOLDERS.items():
-        train = [str(pretok / f"{f}_train") for f in folders]
-        evals = [str(pretok / f"{f}_eval") for f in folders]
-        per_step = tokens_per_step([Path(p) for p in train], batch, max_length)
-        steps = math.ceil(args.budget_tokens / per_step)
-        report["runs"][f"train_{mix}"] = {}
-        launch(f"train_{mix}", train_command(RECIPE, [
-            f"train.output_dir={runs / mix}", f"train.max_steps={steps}", f"train.time_limit_s={args.time_limit}",
-            f"data.train={json.dumps(train)}", f"data.eval={json.dumps(evals)}", f"data.dims={MIX_DIMS[mix]}",
-            f"model.tokenizer={pretok / 'tokenizer'}", *args.override,
-        ]))
-        report["runs"][f"train_{mix}"].update(planned_steps=steps, tokens_per_step=per_step)
+        report["runs"][name] = {**report["runs"].get(name, {}), "cmd": " ".join(cmd), "started_s": round(now(), 1)}
+        print(f"[{now():6.1f}s] start {name}: {' '.join(cmd)}", flush=True)
 
     def finish(name: str) -> int:
         rc = procs[name].wait()
         logs[name].close()
-        report["runs"][name].update(rc=rc, ended_s=round(time.perf_counter() - started, 1))
-        print(f"[{time.perf_counter() - started:6.1f}s] {name} exited {rc}", flush=True)
+        report["runs"][name].update(rc=rc, ended_s=round(now(), 1))
+        print(f"[{now():6.1f}s] {name} exited {rc}", flush=True)
+        report_path.write_text(json.dumps(report, indent=2))
         return rc
 
     def sample(name: str, model: Path, adapter: Path | None, sets: tuple[str, ...]) -> None:
         cmd = [sys.executable, __file__, "device-sample", "--model", str(model), "--prompts", str(pretok / "prompts.json"),
                "--sets", ",".join(sets), "--out", str(runs / f"samples_{name}.jsonl"), "--max-new-tokens", str(args.max_new_tokens),
                "--batch-size", str(args.sample_batch_size)]
+        if args.sample_limit:
+            cmd += ["--limit", str(args.sample_limit)]
         if adapter is not None:
             cmd += ["--adapter", str(adapter)]
         launch(f"sample_{name}", cmd)
 
-    if finish("train_joint") == 0:
+    def mix_args(mix: str) -> tuple[list[str], list[str]]:
+        train = [str(pretok / f"{f}_train") for f in MIX_FOLDERS[mix] if (pretok / f"{f}_train").exists()]
+        evals = [str(pretok / f"{f}_eval") for f in MIX_FOLDERS[mix] if (pretok / f"{f}_eval").exists()]
+        return train, evals
+
+    def train_overrides(mix: str, output: Path, steps: int, time_limit: float, extra: list[str]) -> list[str]:
+        train, evals = mix_args(mix)
+        return [f"train.output_dir={output}", f"train.max_steps={steps}", f"train.time_limit_s={time_limit:.0f}",
+                f"data.train={json.dumps(train)}", f"data.eval={json.dumps(evals)}", f"data.dims={MIX_DIMS[mix]}",
+                f"model.tokenizer={pretok / 'tokenizer'}", *extra, *args.override]
+
+    def lora(base: Path) -> None:
         launch("train_lora", train_command(LORA_RECIPE, [
-            f"model.base={runs / 'joint'}", f"train.output_dir={runs / 'lora'}",
+            f"model.base={base}", f"train.output_dir={runs / 'lora'}",
             f"data.train={json.dumps([str(pretok / 'lora_lg_train')])}", f"data.eval={json.dumps([str(pretok / 'lora_lg_eval')])}",
-            *[o for o in args.override if not o.startswith("model.")],
+            f"train.num_workers={args.num_workers}", *[o for o in args.override if not o.startswith("model.")],
         ]))
-        sample("joint", runs / "joint", None, SAMPLE_SETS["joint"])
-    for mix in ("2d", "bulk"):
-        if finish(f"train_{mix}") == 0:
-            sample(mix, runs / mix, None, SAMPLE_SETS[mix])
-    if "train_lora" in procs and finish("train_lora") == 0:
-        sample("lora", runs / "joint", runs / "lora", SAMPLE_SETS["lora"])
-    for name in [n for n in procs if n.startswith("sample_")]:
-        finish(name)
-    report["wall_s"] = round(time.perf_counter() - started, 1)
-    (runs / "device_report.json").write_text(json.dumps(report, indent=2))
-    pack(runs, out)
+
+    def wait_until_deadline(names: list[str], margin: float) -> None:
+        for name in names:
+            try:
+                procs[name].wait(timeout=max(1.0, deadline - margin - now()))
+            except subprocess.TimeoutExpired:  # out of time: keep the batches already written
+                procs[name].kill()
+                report["runs"][name]["killed_at_deadline"] = True
+            finish(name)
+
+    if args.phase in ("train", "all"):
+        per_step = {mix: tokens_per_step([Path(p) for p in mix_args(mix)[0]], batch, max_length) for mix in MIX_ORDER}
+        report["tokens_per_step"] = per_step
+        workers = f"train.num_workers={args.num_workers}"
+        # 1. calibration, eager (no compilation to wait for): single-process throughput on the joint data
+        calib_steps = args.calib_steps
+        launch("calib", train_command(RECIPE, train_overrides("joint", runs / "calib", calib_steps, 300,
+                                                              ["train.eval_every=1000000", "train.compile=false", workers])))
+        finish("calib")
+        calib_wall = report["runs"]["calib"]["ended_s"] - report["runs"]["calib"]["started_s"]
+        rate = _steady_tokens_per_s(runs / "calib" / "metrics.json", skip_steps=20) or args.fallback_tokens_per_s
+        overhead = max(calib_wall - calib_steps * per_step["joint"] / rate, 10.0)  # start, data, evals, save
+        left = deadline - now() - args.reserve_s
+        n = len(MIX_ORDER)
+        # eager (measured now) vs compiled (throughput and compile overheads measured in the first device call:
+        # cold compile of train + eval graphs ~212 s for the first process, ~60 s per later run with the cache warm)
+        eager_budget = args.safety * (left - n * overhead) / n * rate
+        compiled_budget = args.safety * (left - args.compiled_cold_s - (n - 1) * args.compiled_warm_s) / n * args.compiled_tokens_per_s
+        compiled = compiled_budget > eager_budget
+        budget = min(args.budget_tokens, max(compiled_budget, eager_budget))
+        if budget < args.min_budget_tokens:
+            budget = args.min_budget_tokens  # never plan nothing; the time limit is the net
+        mode_rate = args.compiled_tokens_per_s if compiled else rate
+        report["calibration"] = {"mode": "eager", "num_workers": args.num_workers, "steps": calib_steps, "wall_s": round(calib_wall, 1),
+                                 "steady_tokens_per_s": rate, "steady_steps_per_s": rate / per_step["joint"], "overhead_s": round(overhead, 1),
+                                 "seconds_left_for_runs": round(left, 1), "eager_budget": eager_budget, "compiled_budget": compiled_budget,
+                                 "chosen": "compiled" if compiled else "eager", "budget_tokens": budget}
+        report["budget_tokens"] = budget
+        print(f"[{now():6.1f}s] calibration (eager): {rate / 1e6:.3f}M tokens/s ({rate / per_step['joint']:.1f} steps/s), "
+              f"overhead {overhead:.0f} s per run; budget eager {eager_budget / 1e6:.1f}M vs compiled {compiled_budget / 1e6:.1f}M "
+              f"-> {'compiled' if compiled else 'eager'}, {budget / 1e6:.1f}M tokens per run", flush=True)
+        report_path.write_text(json.dumps(report, indent=2))
+        # 2. the three runs, one at a time, same token budget
+        for mix in MIX_ORDER:
+            steps = math.ceil(budget / per_step[mix])
+            limit = max(60.0, min(2.0 * steps * per_step[mix] / mode_rate + (args.compiled_cold_s if compiled else 0),
+                                  deadline - args.reserve_s / 2 - now()))
+            report["runs"][f"train_{mix}"] = {"planned_steps": steps, "tokens_per_step": per_step[mix],
+                                              "planned_tokens": steps * per_step[mix], "time_limit_s": round(limit)}
+            launch(f"train_{mix}", train_command(RECIPE, train_overrides(mix, runs / mix, steps, limit,
+                                                                         [f"train.compile={str(compiled).lower()}", workers])))
+            finish(f"train_{mix}")
+        if (runs / "joint" / "config.json").exists():
+            to_bf16(runs / "joint", runs / "joint_bf16")
+        # 3. the adapter (phase all) and the samples of the three models, concurrently
+        if args.phase == "all" and (runs / "joint_bf16" / "config.json").exists():
+            lora(runs / "joint_bf16")
+        for name, mix, sets in (("joint", "joint", ("bulk", "cond")), ("joint@2d", "joint", ("2d",)), ("bulk", "bulk", ("bulk",)), ("2d", "2d", ("2d",))):
+            if (runs / mix / "config.json").exists():
+                sample(name, runs / mix, None, sets)
+        if "train_lora" in procs and finish("train_lora") == 0:
+            sample("lora", runs / "joint_bf16", runs / "lora", SAMPLE_SETS["lora"])
+        wait_until_deadline([n for n in procs if n.startswith("sample_")], margin=25)
+    else:  # adapt: LoRA on the joint model brought back by phase `train`
+        base = Path(args.base)
+        lora(base)
+        if finish("train_lora") == 0:
+            sample("lora", base, runs / "lora", SAMPLE_SETS["lora"])
+            wait_until_deadline(["sample_lora"], margin=25)
+    report["wall_s"] = round(now(), 1)
+    report_path.write_text(json.dumps(report, indent=2))
+    pack(runs, out, name=f"mix_{args.phase}", keep_weights={"train": ("joint_bf16",), "adapt": ("lora",)}.get(args.phase, ("joint_bf16", "lora")))
     return 0
 
 
-def pack(runs: Path, out: Path, part_mib: int = 15) -> None:
-    """Models (joint in bf16), logs, metrics and samples as one tar.gz, split into parts."""
+def pack(runs: Path, out: Path, name: str = "mix", part_mib: int = 15, keep_weights: tuple[str, ...] = ("joint_bf16", "lora")) -> None:
+    """Logs, metrics, samples, the joint model in bf16 and the adapter as one tar.gz, split into parts.
+    Other weights (fp32 models, calibration run, bulk-only/2D-only models) stay behind."""
     import tarfile
 
-    joint = runs / "joint"
-    if (joint / "config.json").exists():
-        bf16 = runs / "joint_bf16"
-        to_bf16(joint, bf16)
-    tar = out / "mix.tgz"
-    skip = {"checkpoints", "joint"}  # fp32 copy replaced by joint_bf16; the others ship logs/metrics only
+    tar = out / f"{name}.tgz"
     with tarfile.open(tar, "w:gz") as t:
-        for item in sorted(runs.iterdir()):
-            if item.name in skip:
+        for f in sorted(runs.rglob("*")):
+            rel = f.relative_to(runs)
+            if not f.is_file() or "checkpoints" in rel.parts:
                 continue
-            if item.is_dir() and item.name in ("2d", "bulk"):
-                for f in item.rglob("*"):
-                    if f.is_file() and not f.name.endswith(".safetensors") and "checkpoints" not in f.parts:
-                        t.add(f, arcname=str(f.relative_to(runs)))
+            if f.name.endswith(".safetensors") and rel.parts[0] not in keep_weights:
                 continue
-            t.add(item, arcname=item.name, filter=lambda ti: None if "checkpoints" in ti.name else ti)
-        if joint.exists():
-            for f in joint.rglob("*"):
-                if f.is_file() and not f.name.endswith(".safetensors") and "checkpoints" not in f.parts:
-                    t.add(f, arcname=str(Path("joint_logs") / f.relative_to(joint)))
+            t.add(f, arcname=str(rel))
     data = tar.read_bytes()
     size = part_mib * 1024 * 1024
     for k in range(0, len(data), size):
-        (out / f"mix.tgz.part{k // size:02d}").write_bytes(data[k : k + size])
+        (out / f"{name}.tgz.part{k // size:02d}").write_bytes(data[k : k + size])
     tar.unlink()
     print(f"packed {len(data) / 2**20:.1f} MiB into {math.ceil(len(data) / size)} part(s)", flush=True)
 
@@ -186,16 +257,22 @@ def device_sample(args: argparse.Namespace) -> int:
         model = PeftModel.from_pretrained(model, args.adapter).to(device)
     tokenizer = AutoTokenizer.from_pretrained(args.model)
     prompts = json.loads(Path(args.prompts).read_text())
-    rows = [r for s in args.sets.split(",") for r in prompts[s]]
+    rows = [r for s in args.sets.split(",") for r in prompts[s][: args.limit or None]]
     started = time.perf_counter()
-    results = generate_ids(model, tokenizer, [r["prompt_ids"] for r in rows], max_new_tokens=args.max_new_tokens,
-                           temperature=1.0, seed=args.seed, batch_size=args.batch_size)
+    n_tokens = n_done = 0
+    with open(args.out, "w") as f:  # written batch by batch: a run stopped at its deadline keeps what it made
+        for k in range(0, len(rows), args.batch_size):
+            chunk = rows[k : k + args.batch_size]
+            results = generate_ids(model, tokenizer, [r["prompt_ids"] for r in chunk], max_new_tokens=args.max_new_tokens,
+                                   temperature=1.0, seed=args.seed + k, batch_size=args.batch_size)
+            for row, (text, n) in zip(chunk, results):
+                f.write(json.dumps({"id": row["id"], "conditions": row["conditions"], "set": row.get("set"), "text": text, "n_tokens": n}) + "\n")
+            f.flush()
+            n_tokens += sum(n for _, n in results)
+            n_done += len(chunk)
+            print(f"{n_done}/{len(rows)} samples, {time.perf_counter() - started:.1f} s", flush=True)
     elapsed = time.perf_counter() - started
-    n_tokens = sum(n for _, n in results)
-    with open(args.out, "w") as f:
-        for row, (text, n) in zip(rows, results):
-            f.write(json.dumps({"id": row["id"], "conditions": row["conditions"], "set": row.get("set"), "text": text, "n_tokens": n}) + "\n")
-    summary = {"samples": len(rows), "seconds": elapsed, "tokens_per_s": n_tokens / elapsed, "samples_per_s": len(rows) / elapsed,
+    summary = {"samples": n_done, "seconds": elapsed, "tokens_per_s": n_tokens / elapsed, "samples_per_s": n_done / elapsed,
                "device": torch.cuda.get_device_name() if device == "cuda" else "cpu", "dtype": str(dtype), "batch_size": args.batch_size}
     Path(args.out).with_suffix(".summary.json").write_text(json.dumps(summary, indent=2))
     print(json.dumps(summary), flush=True)
@@ -210,15 +287,17 @@ def collect(args: argparse.Namespace) -> int:
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    parts = sorted(Path(args.parts).glob("mix.tgz.part*"))
+    parts = sorted(Path(args.parts).glob("mix*.tgz.part*"))
     if not parts:
-        raise FileNotFoundError(f"no mix.tgz.part* in {args.parts}")
-    tar = work / "mix.tgz"
-    tar.write_bytes(b"".join(p.read_bytes() for p in parts))
-    with tarfile.open(tar) as t:
-        t.extractall(work, filter="data")
+        raise FileNotFoundError(f"no mix*.tgz.part* in {args.parts}")
+    for name in sorted({p.name.split(".tgz.part")[0] for p in parts}):
+        tar = work / f"{name}.tgz"
+        tar.write_bytes(b"".join(p.read_bytes() for p in parts if p.name.startswith(f"{name}.tgz.part")))
+        with tarfile.open(tar) as t:
+            t.extractall(work, filter="data")
     decode_all(work)
-    ship(work)
+    if args.ship:
+        ship(work, set(args.ship.split(",")))
     training_docs(work, ROOT / "docs" / "training")
     return 0
 
@@ -228,7 +307,7 @@ def decode_all(work: Path) -> None:
     from pipelines.records import decode_sample
 
     for raw in sorted(work.glob("samples_*.jsonl")):
-        model = raw.stem.removeprefix("samples_")
+        model = raw.stem.removeprefix("samples_").split("@")[0]  # samples_joint@2d.jsonl: another process, same model
         rows = [json.loads(line) for line in raw.read_text().splitlines() if line.strip()]
         for prompt_set in sorted({r["id"].split("-")[0] for r in rows}):
             out = work / "eval" / f"{model}_{prompt_set}"
@@ -244,28 +323,35 @@ def decode_all(work: Path) -> None:
             print(out)
 
 
-def ship(work: Path) -> None:
-    """The joint model and the adapter into llm/pretrained/ with portable cards and configs."""
+def ship(work: Path, what: set[str] = frozenset({"model", "adapter"})) -> None:
+    """The joint model and/or the adapter into llm/pretrained/ with portable cards and configs."""
     from llm.card import write_model_card
     from llm.config import load_config
 
     dest = ROOT / "llm" / "pretrained"
     model_dir, adapter_dir = dest / DEFAULT_NAME, dest / ADAPTER_NAME
-    for src, dst in ((work / "joint_bf16", model_dir), (work / "lora", adapter_dir)):
+    pairs = []
+    if "model" in what and (work / "joint_bf16" / "config.json").exists():
+        pairs.append((work / "joint_bf16", model_dir))
+    if "adapter" in what and (work / "lora" / "adapter_config.json").exists():
+        pairs.append((work / "lora", adapter_dir))
+    for src, dst in pairs:
         if dst.exists():
             shutil.rmtree(dst)
         dst.mkdir(parents=True)
         for f in src.iterdir():
             if f.is_file() and not f.name.startswith("events.") and f.name not in ("metrics.partial.json",):
                 shutil.copy2(f, dst / f.name)
-    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-    cfg["base_model_name_or_path"] = DEFAULT_NAME  # portable: the loader resolves it to llm/pretrained/
-    (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    for folder, hub_name in ((model_dir, DEFAULT_NAME), (adapter_dir, ADAPTER_NAME)):
+    shipped = [dst for _, dst in pairs]
+    if adapter_dir in shipped:
+        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+        cfg["base_model_name_or_path"] = DEFAULT_NAME  # portable: the loader resolves it to llm/pretrained/
+        (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
+    for folder, hub_name in [(f, n) for f, n in ((model_dir, DEFAULT_NAME), (adapter_dir, ADAPTER_NAME)) if f in shipped]:
         config = load_config(folder / "finetune_config.yaml")
         if folder == adapter_dir:
             config.model.base = DEFAULT_NAME
-        config.hub.dataset_name = "MP-20 (train_partial+val), MPTS-52 val, perov_5 val, carbon_24 val, 2DMatPedia, MC2D; held out: mp20-heldout-v1, twod-heldout-v1"
+        config.hub.dataset_name = "MP-20 (train_partial+val), MPTS-52 val, perov_5 val, carbon_24 val, WBM 10k, 2DMatPedia, MC2D; held out: mp20-heldout-v1, twod-heldout-v1"
         config.save(folder / "finetune_config.yaml")
         metrics = json.loads((folder / "metrics.json").read_text())
         card = write_model_card(folder, config, metrics)
@@ -294,7 +380,7 @@ def training_docs(work: Path, docs: Path) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
     for name in ("joint", "2d", "bulk", "lora"):
-        folder = work / ("joint_logs" if name == "joint" else name)
+        folder = work / name
         if not (folder / "metrics.json").exists():
             continue
         metrics = json.loads((folder / "metrics.json").read_text())
@@ -314,7 +400,10 @@ def training_docs(work: Path, docs: Path) -> None:
             ax.plot(*zip(*train), label=f"{name} train", alpha=0.8)
         if evals:
             ax.plot(*zip(*evals), "o-", label=f"{name} eval (held-out)", markersize=3)
-    axes[0].set_title("from scratch (80M-token budget planned; all three stopped at 210 s)", fontsize=9)
+    budget = None
+    if (work / "device_report_train.json").exists():
+        budget = json.loads((work / "device_report_train.json").read_text()).get("budget_tokens")
+    axes[0].set_title("from scratch, sequential, equal budget" + (f" ({budget / 1e6:.0f}M tokens each)" if budget else ""), fontsize=9)
     axes[1].set_title("layer-group LoRA on the joint model")
     for ax in axes:
         ax.set_xlabel("optimizer step")
@@ -324,13 +413,12 @@ def training_docs(work: Path, docs: Path) -> None:
     fig.tight_layout()
     fig.savefig(docs / "loss_curves.png", dpi=110)
     for name in ("joint", "2d", "bulk", "lora"):  # the TensorBoard event files themselves (scalars only, a few kB)
-        folder = work / ("joint_logs" if name == "joint" else name) / "xtallm"
+        folder = work / name / "xtallm"
         for event in folder.glob("events.out.tfevents.*.0"):
             (docs / "tensorboard" / name).mkdir(parents=True, exist_ok=True)
             shutil.copy2(event, docs / "tensorboard" / name / event.name)
-    report = work / "device_report.json"
-    if report.exists():
-        shutil.copy2(report, docs / "device_report.json")
+    for report in work.glob("device_report*.json"):
+        shutil.copy2(report, docs / report.name)
     for summary in work.glob("samples_*.summary.json"):
         shutil.copy2(summary, docs / summary.name)
 
@@ -439,10 +527,23 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--pretok", default=".devdata/pretok")
     d.add_argument("--runs", default="runs/mix")
     d.add_argument("--out", required=True)
-    d.add_argument("--budget-tokens", type=float, default=1e8)
-    d.add_argument("--time-limit", type=float, default=270, help="per training run, seconds (safety net)")
+    d.add_argument("--phase", choices=["train", "adapt", "all"], default="all",
+                   help="train: calibration + three sequential equal-budget runs + samples; adapt: LoRA on --base + samples; all: both")
+    d.add_argument("--base", default="runs/mix/joint_bf16", help="adapt: the joint model from phase train")
+    d.add_argument("--budget-tokens", type=float, default=1.4e8, help="cap on the per-run token budget")
+    d.add_argument("--deadline", type=float, default=540, help="seconds from start by which everything must be packed")
+    d.add_argument("--reserve-s", type=float, default=185, help="seconds kept after training for the adapter, sampling and packing")
+    d.add_argument("--safety", type=float, default=0.9, help="fraction of the time left per run planned for training")
+    d.add_argument("--calib-steps", type=int, default=120)
+    d.add_argument("--fallback-tokens-per-s", type=float, default=5e5)
+    d.add_argument("--num-workers", type=int, default=4, help="DataLoader workers per training process")
+    d.add_argument("--min-budget-tokens", type=float, default=3e7)
+    d.add_argument("--compiled-tokens-per-s", type=float, default=7.2e5, help="measured on the H100 (first device call)")
+    d.add_argument("--compiled-cold-s", type=float, default=212, help="compile overhead of the first compiled run on a fresh machine")
+    d.add_argument("--compiled-warm-s", type=float, default=60, help="overhead of a later compiled run (inductor cache warm)")
     d.add_argument("--max-new-tokens", type=int, default=448)
-    d.add_argument("--sample-batch-size", type=int, default=512)
+    d.add_argument("--sample-batch-size", type=int, default=1024)
+    d.add_argument("--sample-limit", type=int, default=0, help="first N prompts of each set (smoke tests)")
     d.add_argument("--override", nargs="*", default=[], help="section.key=value for every run (smoke tests)")
     s = sub.add_parser("device-sample", help="raw texts for prebuilt prompt ids")
     s.add_argument("--model", required=True)
@@ -453,9 +554,11 @@ def main(argv: list[str] | None = None) -> int:
     s.add_argument("--max-new-tokens", type=int, default=448)
     s.add_argument("--batch-size", type=int, default=512)
     s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--limit", type=int, default=0, help="first N prompts of each set (smoke tests)")
     c = sub.add_parser("collect", help="decode, ship weights, write docs/training (CPU)")
     c.add_argument("--parts", required=True)
     c.add_argument("--work", default="runs/mix")
+    c.add_argument("--ship", default="model,adapter", help="what to copy into llm/pretrained/ ('' for nothing)")
     r = sub.add_parser("report", help="xtallm evaluate every decoded set; comparison table (CPU)")
     r.add_argument("--work", default="runs/mix")
     r.add_argument("--ref", default=".devdata/ref")

@@ -242,7 +242,7 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
                 optimizer.zero_grad(set_to_none=True)
             progress.batches_in_epoch += 1
             running.append(loss.detach().float())
-            tokens += int(batch["attention_mask"].sum())
+            tokens = tokens + batch["attention_mask"].sum()  # a device tensor: no host sync every step
             if not accelerator.sync_gradients:
                 continue
             scheduler.step()
@@ -255,7 +255,7 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
                 logs.update(
                     train_loss=mean_loss,
                     lr=scheduler.get_last_lr()[0],
-                    tokens_per_s=tokens * accelerator.num_processes / max(elapsed, 1e-9),
+                    tokens_per_s=int(tokens) * accelerator.num_processes / max(elapsed, 1e-9),
                     epoch=progress.epoch + progress.batches_in_epoch / max(len(train_loader), 1),
                 )
                 running, tokens, started = [], 0, time.perf_counter()

@@ -46,14 +46,20 @@ BULK_SOURCES = {
     "mpts52_val": "mpts52/val.csv.xz",
     "perov5_val": "perov_5/val.csv.xz",
     "carbon24_val": "carbon_24/val.csv.xz",
+    "wbm": "wbm/wbm_10k.csv.xz",  # WBM (no ids: id = row number); same exclusion rule as every source
 }
-# WBM (wbm/wbm_10k) is left out for now: tokenization.data.prepare_dataset fails on it
-# ("Couldn't write column 'error' ... type null": a row failing after 1,024 good ones).
 TWOD_SOURCES = {"2dmatpedia": "twod/2dmatpedia_5914.csv.xz", "mc2d": "twod/mc2d_258.csv.xz"}
 MP20_KEYS = ("mp20_train_partial", "mp20_val")
 MIXES = {"joint": (*BULK_SOURCES, *TWOD_SOURCES), "bulk": tuple(BULK_SOURCES), "2d": tuple(TWOD_SOURCES)}
-# pretokenized folders per training set: the joint mix is the bulk and 2D folders together
-MIX_FOLDERS = {"joint": ("bulk", "2d"), "bulk": ("bulk",), "2d": ("2d",), "lora_lg": ("lora_lg",)}
+# pretokenized sets and their sources: WBM has its own folder (added later, the others stay as built)
+PRETOK_SETS = {
+    "bulk": tuple(s for s in BULK_SOURCES if s != "wbm"),
+    "wbm": ("wbm",),
+    "2d": tuple(TWOD_SOURCES),
+    "lora_lg": tuple(TWOD_SOURCES),
+}
+# pretokenized folders per training set: the joint mix is the bulk, WBM and 2D folders together
+MIX_FOLDERS = {"joint": ("bulk", "wbm", "2d"), "bulk": ("bulk", "wbm"), "2d": ("2d",), "lora_lg": ("lora_lg",)}
 
 
 def split_fraction(split: str, key: str) -> float:
@@ -231,44 +237,61 @@ def compact(folder: Path) -> int:
     return (folder / "tokens.npz").stat().st_size
 
 
-def sampling_prompts(tokenizer, splits: Splits, n_bulk: int = 1000, n_2d: int = 1000, per_lg: int = 5) -> dict[str, list[dict]]:
-    """Prompt sets for the comparison: unconditional bulk (`dim=3`), and 2D prompts `dim=2 lg=N`:
-    `per_lg` for each of the 80 layer groups, the rest following the held-out 2D split's groups."""
+def sampling_prompts(tokenizer, splits: Splits, n_bulk: int = 1000, n_2d: int = 2600, per_lg: int = 25,
+                     n_cond: int = 300, seed: int = 0) -> dict[str, list[dict]]:
+    """Prompt sets for the comparison: unconditional bulk (`dim=3`); 2D prompts `dim=2 lg=N`:
+    `per_lg` for each of the 80 layer groups (`uniform`), the rest following the held-out 2D split's
+    groups (`heldout`); and issue 7's conditional prompts (`cond`): `n_cond` each of `dim=3 sg=N`,
+    `dim=3 elements=...` and `dim=3 formula=...`, drawn (seeded) from the mp20-heldout-v1 crystals."""
+    from pymatgen.core import Composition
+
     from llm.prompts import prompt_ids
+    from tokenization.conditions import _elements, plain_formula
 
     bulk = [{"id": f"bulk-{k}", "conditions": {"dim": 3}} for k in range(n_bulk)]
     lgs = [g for g in range(1, 81) for _ in range(per_lg)]
     heldout = splits.twod["group"].astype(int).tolist()
     lgs += [heldout[k % len(heldout)] for k in range(n_2d - len(lgs))]
     twod = [{"id": f"2d-{k}", "conditions": {"dim": 2, "lg": g}, "set": "uniform" if k < 80 * per_lg else "heldout"} for k, g in enumerate(lgs)]
-    for row in bulk + twod:
+    rng = np.random.default_rng(seed)
+    mp = splits.mp20.reset_index(drop=True)
+    cond = []
+    for kind in ("sg", "elements", "formula"):
+        for k, j in enumerate(rng.choice(len(mp), n_cond, replace=len(mp) < n_cond)):
+            comp = Composition(mp.loc[j, "reduced_formula"])
+            value = {"sg": int(mp.loc[j, "group"]), "elements": _elements([e.symbol for e in comp.elements]),
+                     "formula": plain_formula(comp)}[kind]
+            cond.append({"id": f"cond-{kind}-{k}", "conditions": {"dim": 3, kind: value}, "set": kind})
+    for row in bulk + twod + cond:
         row["prompt_ids"] = prompt_ids(tokenizer, row["conditions"])
-    return {"bulk": bulk, "2d": twod}
+    return {"bulk": bulk, "2d": twod, "cond": cond}
 
 
 def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None = None, max_length: int = 512,
-          only: tuple[str, ...] = ("bulk", "2d", "lora_lg")) -> dict:
+          only: tuple[str, ...] = ("bulk", "wbm", "2d", "lora_lg")) -> dict:
     """Pretokenized train/eval sets for every mix + the layer-group adapter, prompts, references."""
     from llm.config import DataConfig
     from tokenization.tokenizer import build_crystal_tokenizer
 
     tokenizer = build_crystal_tokenizer(model_max_length=max_length)
     splits = make_splits(data, num_proc)
-    shared = "bulk" in only  # one of several parallel builds writes the shared files
+    shared = "bulk" in only or "shared" in only  # one of several parallel builds writes the shared files
     if shared:
         write_splits(splits)
     report: dict = {"splits": {MP20_SPLIT: len(splits.mp20), TWOD_SPLIT: len(splits.twod)}}
     base_cfg = DataConfig(max_length=max_length)
     lg_cfg = DataConfig(max_length=max_length, dims=[2], always_conditions=["dim", "lg"], unconditional_prob=0.0)
-    evals = {"bulk": (MP20_SPLIT,), "2d": (TWOD_SPLIT,), "lora_lg": (TWOD_SPLIT,)}
-    for mix, sources in {"bulk": MIXES["bulk"], "2d": MIXES["2d"], "lora_lg": MIXES["2d"]}.items():
+    evals = {"bulk": (MP20_SPLIT,), "wbm": (), "2d": (TWOD_SPLIT,), "lora_lg": (TWOD_SPLIT,)}  # WBM: bulk_eval serves
+    for mix, sources in PRETOK_SETS.items():
         if mix not in only:
             continue
         cfg = lg_cfg if mix == "lora_lg" else base_cfg
         rows, excluded = training_rows(data, sources, splits, num_proc)
         meta = pretokenize(rows, tokenizer, cfg, out / "pretok" / f"{mix}_train", variants.get(mix, 8))
-        eval_rows = heldout_rows(data, splits, evals[mix], num_proc)
-        eval_meta = pretokenize(eval_rows, tokenizer, cfg, out / "pretok" / f"{mix}_eval", 1, train=False)
+        eval_meta = None
+        if evals[mix]:
+            eval_rows = heldout_rows(data, splits, evals[mix], num_proc)
+            eval_meta = pretokenize(eval_rows, tokenizer, cfg, out / "pretok" / f"{mix}_eval", 1, train=False)
         report[mix] = {"sources": excluded, "train": meta, "eval": eval_meta}
         print(mix, json.dumps(report[mix]), flush=True)
     if not shared:
@@ -296,8 +319,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("command", choices=["splits", "build"])
     parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with mp20/, twod/, ... (shared/data)")
     parser.add_argument("--out", default=".devdata", help="where pretokenized sets, prompts and references go")
-    parser.add_argument("--variants", default="bulk=4,2d=12,lora_lg=6", help="variants per crystal, per mix")
-    parser.add_argument("--only", default="bulk,2d,lora_lg", help="pretokenize only these sets ('' for none)")
+    parser.add_argument("--variants", default="bulk=4,wbm=4,2d=12,lora_lg=6", help="variants per crystal, per mix")
+    parser.add_argument("--only", default="bulk,wbm,2d,lora_lg",
+                        help="pretokenize only these sets ('' for none; 'shared' = splits, prompts, references only)")
     parser.add_argument("--num-proc", type=int, default=min(os.cpu_count() or 1, 2))
     args = parser.parse_args(argv)
     data = Path(args.data)
