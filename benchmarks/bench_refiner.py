@@ -110,12 +110,12 @@ def measure_speed(refiner, crystals, device, args) -> list[dict]:
     rng = np.random.default_rng(0)
     chosen = sorted((crystals[i] for i in rng.integers(0, len(crystals), args.speed_n)), key=lambda c: c.n_atoms)
     rows = []
-    for graph in args.speed_graph:
+    for graph, compiled in [(g, c) for g in args.speed_graph for c in args.speed_compile]:
         for corrector in args.speed_correctors:
             for batch_size in args.speed_batch_sizes:
                 plan = size_batches([c.n_atoms for c in chosen], batch_size)
                 batches = [collate([chosen[i] for i in b], refiner.vocab).to(device) for b in plan]
-                options = SamplerOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda", cuda_graph=bool(graph))
+                options = SamplerOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda", cuda_graph=bool(graph), compile=bool(compiled))
                 times = []
                 for repeat in range(args.repeats + 1):  # the first pass warms up (kernels, allocator)
                     if device.type == "cuda":
@@ -128,7 +128,7 @@ def measure_speed(refiner, crystals, device, args) -> list[dict]:
                     if repeat or args.repeats == 0:
                         times.append(time.perf_counter() - t0)
                 rows.append({"n": len(chosen), "batch": batch_size, "batches": len(batches), "corrector_steps": corrector,
-                             "cuda_graph": bool(graph) and device.type == "cuda", "seconds": times,
+                             "cuda_graph": bool(graph) and device.type == "cuda", "compile": bool(compiled), "seconds": times,
                              "structures_per_s": len(chosen) / min(times), "forward_passes_per_structure": args.steps * (1 + corrector),
                              "mean_atoms": float(np.mean([c.n_atoms for c in chosen]))})
                 print(rows[-1], flush=True)
@@ -318,6 +318,7 @@ def main() -> None:
     r.add_argument("--speed-n", type=int, default=4096, help="crystals per speed measurement")
     r.add_argument("--speed-correctors", type=int, nargs="+", default=[1, 0])
     r.add_argument("--speed-graph", type=int, nargs="+", default=[1, 0], help="1: CUDA-graph step, 0: eager")
+    r.add_argument("--speed-compile", type=int, nargs="+", default=[0], help="1: torch.compile the network")
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument("--skip-quality", action="store_true")
     r.add_argument("--device", default=None)

@@ -115,6 +115,7 @@ def _refine(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         max_atoms=args.max_atoms,
         seed=args.seed,
+        compile=args.compile,
     )
     job = RefineJob(args.samples, args.out, args.checkpoint, options, vacuum=args.vacuum, device=args.device, check_symmetry=not args.no_check)
     s = run_refine(job)
@@ -273,6 +274,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--steps", type=int, default=200, help="steps of the whole chain; round(tau*steps) are run")
     r.add_argument("--corrector-steps", type=int, default=1)
     r.add_argument("--fixed-lattice", action="store_true", help="refine coordinates only")
+    r.add_argument("--compile", action="store_true",
+                   help="torch.compile the network (GPU: ~2.4x faster after ~40 s of compilation; for large sets)")
     r.add_argument("--batch-size", type=int, default=256)
     r.add_argument("--max-atoms", type=int, default=200, help="larger crystals (conventional cell) pass through")
     r.add_argument("--vacuum", type=float, default=15.0, help="Å of vacuum for monolayers")

@@ -83,6 +83,7 @@ class SamplerOptions:
     bf16: bool = False  # run the network in bf16 (GPUs)
     ode: bool = False  # deterministic probability-flow steps (no injected noise, no corrector)
     cuda_graph: bool = True  # on CUDA, replay one captured step (the chain is launch-bound otherwise)
+    compile: bool = False  # torch.compile the network (dynamic shapes: one compilation for all batch sizes)
 
 
 # per-step coefficients of the chain, columns of `_chain_coefficients`
@@ -126,6 +127,16 @@ def _chain_step(model: Denoiser, batch: CrystalBatch, options: SamplerOptions, v
     v = wrap_sites(batch, v - c[_PRED_DRIFT] * dv_hat + c[_PRED_NOISE] * site_noise(batch, lattice, xi=xi_v[-1]))
     k_step = c[_PRED_DRIFT_K] * k_hat - c[_PRED_NOISE_K] * xi_k[-1] * k_mask
     return v, project_k(k - k_step * lattice_on, batch.k_free, batch.k_fixed)
+
+
+_COMPILED: dict[int, torch.nn.Module] = {}
+
+
+def _compiled(model: Denoiser) -> torch.nn.Module:
+    """One compiled wrapper per model, reused by every batch."""
+    if id(model) not in _COMPILED:
+        _COMPILED[id(model)] = torch.compile(model, dynamic=True)
+    return _COMPILED[id(model)]
 
 
 class _GraphedStep:
@@ -183,8 +194,10 @@ def refine(
     v = wrap_sites(batch, batch.site_v + site_noise(batch, lattice_matrix(batch), xi=start_v) * sigma0)
     k = project_k(batch.k + start_k * k_mask * lattice_sigma0, batch.k_free, batch.k_fixed)
 
+    network = _compiled(model) if options.compile else model
+
     def step(v, k, t, c, xv, xk):
-        return _chain_step(model, batch, options, v, k, t, c, xv, xk)
+        return _chain_step(network, batch, options, v, k, t, c, xv, xk)
 
     if options.cuda_graph and device.type == "cuda" and n > 2:
         step = _GraphedStep(step, v, k, t_all[0], coefficients[0], xi_v[0], xi_k[0])

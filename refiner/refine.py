@@ -28,10 +28,11 @@ class RefineOptions:
     batch_size: int = 256
     max_atoms: int = 200  # atoms in the conventional cell
     seed: int = 0
+    compile: bool = False  # torch.compile the network: pays off on a GPU for thousands of structures
 
     def sampler(self, device: torch.device) -> SamplerOptions:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return SamplerOptions(self.steps, self.corrector_steps, self.corrector_step, self.refine_lattice, bf16)
+        return SamplerOptions(self.steps, self.corrector_steps, self.corrector_step, self.refine_lattice, bf16, compile=self.compile)
 
 
 def default_device() -> torch.device:

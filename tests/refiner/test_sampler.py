@@ -66,3 +66,14 @@ def test_cuda_graph_step_matches_eager(crystals):
         graphed = _chain(refiner, batch, seed=3, corrector_steps=corrector_steps, cuda_graph=True)
         for a, b in zip(eager, graphed):
             assert torch.allclose(a, b, atol=1e-4), (a - b).abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+def test_compiled_network_matches_eager(crystals):
+    refiner = load_refiner(default_refiner_path(), "cuda")
+    batch = collate(crystals, refiner.vocab).to("cuda")
+    eager = _chain(refiner, batch, seed=4, cuda_graph=False)
+    compiled = _chain(refiner, batch, seed=4, cuda_graph=True, compile=True)
+    for a, b in zip(eager, compiled):
+        assert torch.allclose(a, b, atol=1e-3), (a - b).abs().max()
