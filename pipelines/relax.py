@@ -151,5 +151,7 @@ def cached_relaxation(row: dict[str, Any]) -> S.Relaxation:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             structure = Structure.from_str(row["relaxed_cif"], fmt="cif")
-    return S.Relaxation(row.get("energy"), row.get("energy_per_atom"), structure, int(row.get("steps") or 0),
-                        bool(row.get("converged")), row.get("error"))
+    steps = int(row.get("steps") or 0)
+    if reason := S.unphysical_energy(row.get("energy_per_atom")):  # rows written before the check existed
+        return S.Relaxation(steps=steps, error=reason)
+    return S.Relaxation(row.get("energy"), row.get("energy_per_atom"), structure, steps, bool(row.get("converged")), row.get("error"))

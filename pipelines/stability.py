@@ -21,6 +21,10 @@ from pymatgen.core import Composition, Structure
 
 MLFFS: dict[str, str] = {"sevennet": "MP2020", "chgnet": "chgnet-native-MP2020"}
 DEFAULT_FMAX = 0.05  # eV/Å
+# Raw (PBE-scale) energies of real crystals lie above about -13 eV/atom (W, Re, Os); an MLFF that drives
+# atoms into each other can return hundreds or thousands of eV/atom below that, which would read as
+# "very stable". Anything below this floor is a failed relaxation.
+MIN_ENERGY_PER_ATOM = -15.0
 MAX_STEPS = 1500  # the protocol's cap on FIRE steps
 
 
@@ -72,6 +76,13 @@ class Relaxation:
         return d
 
 
+def unphysical_energy(energy_per_atom: float | None) -> str | None:
+    """Why an MLFF energy cannot be a crystal's (None when it can)."""
+    if energy_per_atom is not None and energy_per_atom < MIN_ENERGY_PER_ATOM:
+        return f"exploded: {energy_per_atom:.1f} eV/atom is below any real crystal's ({MIN_ENERGY_PER_ATOM} eV/atom), an MLFF artefact"
+    return None
+
+
 def _min_distance(structure: Structure) -> float:
     if len(structure) == 1:
         return min(structure.lattice.abc)
@@ -113,6 +124,8 @@ def relax(structure: Structure, calculator, steps: int = MAX_STEPS, fmax: float 
     n = len(relaxed)
     if not math.isfinite(energy):
         return Relaxation(steps=done, error="non-finite energy")
+    if reason := unphysical_energy(energy / n):
+        return Relaxation(steps=done, error=reason)
     ratio = relaxed.volume / volume0 if volume0 > 0 else float("inf")
     if not 0.2 <= ratio <= 5.0:
         return Relaxation(steps=done, error=f"exploded: volume changed {ratio:.2f}x")

@@ -149,3 +149,15 @@ def test_chgnet_end_to_end(tmp_path):
     for mid in STABLE:
         assert abs(details.loc[mid, "e_above_hull"]) < 0.03, details.loc[mid].to_dict()
     assert details.loc["NaCl-B2", "e_above_hull"] > 0.02
+
+
+def test_mlff_artefact_energies_count_as_failed(tmp_path):
+    """An energy far below any real crystal's (atoms driven into each other) is a failed relaxation, also when read back."""
+    from pipelines.relax import cached_relaxation
+
+    assert S.unphysical_energy(-2226.0) and S.unphysical_energy(-9.2) is None and S.unphysical_energy(None) is None
+    cif = str(CifWriter(Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])))
+    row = {"id": "x", "energy": -4452.0, "energy_per_atom": -2226.0, "steps": 250, "converged": False, "relaxed_cif": cif}
+    r = cached_relaxation(row)
+    assert r.energy is None and "artefact" in r.error
+    assert cached_relaxation({**row, "energy": -6.0, "energy_per_atom": -3.0}).energy == -6.0
