@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from transformers import AutoConfig, AutoTokenizer
+
+from .grammar import without_group
 
 
 @dataclass
@@ -22,7 +24,10 @@ class Request:
     conditions: dict[str, Any]
     prompt_ids: list[int]
     seed: int
-    regex: str | None = None
+    grammar: str | None = None  # EBNF (xgrammar) the completion must match
+    # Two-phase decoding: `grammar` covers the group line alone, and this gives the grammar of
+    # the rest from that line (see `generate` and llm.grammar.two_phase).
+    grammar_after_group: Callable[[str], str] | None = None
 
 
 @dataclass
@@ -41,6 +46,8 @@ class SamplingOptions:
 class Output:
     text: str
     n_tokens: int
+    token_ids: list[int] | None = None
+    error: str | None = None  # set when no text could be produced (e.g. an impossible condition)
 
 
 def adapter_base(adapter: str) -> str | None:
@@ -71,7 +78,7 @@ def check_adapter_matches(model: str, adapter: str) -> None:
 
 
 class VllmSampler:
-    """vLLM offline engine; LoRA adapters through LoRARequest; regex-constrained decoding."""
+    """vLLM offline engine; LoRA adapters through LoRARequest; grammar-constrained decoding."""
 
     def __init__(self, model: str, adapters: list[str] | None, options: SamplingOptions, max_model_len: int, seed: int = 0):
         from vllm import LLM
@@ -109,7 +116,7 @@ class VllmSampler:
                 top_k=o.top_k if o.top_k > 0 else -1,
                 max_tokens=o.max_tokens,
                 seed=r.seed,
-                structured_outputs=StructuredOutputsParams(regex=r.regex) if r.regex else None,
+                structured_outputs=StructuredOutputsParams(grammar=r.grammar) if r.grammar else None,
             )
             for r in requests
         ]
@@ -118,7 +125,7 @@ class VllmSampler:
             lora = LoRARequest(f"adapter{adapter_index}", adapter_index + 1, self.adapters[adapter_index])
         prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests]
         results = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-        return [Output(res.outputs[0].text, len(res.outputs[0].token_ids)) for res in results]
+        return [Output(res.outputs[0].text, len(res.outputs[0].token_ids), list(res.outputs[0].token_ids)) for res in results]
 
 
 class HfSampler:
@@ -148,7 +155,7 @@ class HfSampler:
     def generate(self, requests: list[Request], options: SamplingOptions | None = None, adapter_index: int | None = None) -> list[Output]:
         from .hf_generate import generate_ids
 
-        if any(r.regex for r in requests):
+        if any(r.grammar for r in requests):
             raise ValueError("constrained decoding needs the vllm backend (structured outputs)")
         o = options or self.options
         results = generate_ids(
@@ -184,12 +191,58 @@ class ServerSampler:
             }
             if o.top_k > 0:
                 body["top_k"] = o.top_k
-            if r.regex:
-                body["structured_outputs"] = {"regex": r.regex}
+            if r.grammar:
+                body["structured_outputs"] = {"grammar": r.grammar}
+                body["return_token_ids"] = True
             reply = http.post(f"{self.url}/v1/completions", json=body, timeout=self.timeout)
             if reply.status_code != 200:
                 raise RuntimeError(f"server {self.url} answered {reply.status_code}: {reply.text[:500]}")
             choice = reply.json()["choices"][0]
             usage = reply.json().get("usage", {})
-            outputs.append(Output(choice["text"], int(usage.get("completion_tokens", 0))))
+            outputs.append(Output(choice["text"], int(usage.get("completion_tokens", 0)), choice.get("token_ids")))
         return outputs
+
+
+def generate(
+    sampler, requests: list[Request], options: SamplingOptions, adapter_index: int | None = None, eos_token_id: int | None = None
+) -> list[Output]:
+    """`sampler.generate`, with two-phase requests run as two passes.
+
+    First the group line under its small grammar, then, with that line appended to the prompt,
+    the rest under the grammar of the chosen group. The model's choice of group is its own, as
+    in one pass; only the grammar is split so that it stays small."""
+    split = [i for i, r in enumerate(requests) if r.grammar_after_group is not None]
+    if not split:
+        return sampler.generate(requests, options, adapter_index=adapter_index)
+    outputs: list[Output | None] = [None] * len(requests)
+    whole = [i for i in range(len(requests)) if requests[i].grammar_after_group is None]
+    for i, out in zip(whole, sampler.generate([requests[i] for i in whole], options, adapter_index=adapter_index) if whole else []):
+        outputs[i] = out
+    second, second_index = [], []
+    pending = {i: requests[i] for i in split}
+    for attempt in range(4):  # a group that turns out not to fit is struck off and the line redrawn
+        if not pending:
+            break
+        order = list(pending)
+        heads = sampler.generate([pending[i] for i in order], replace(options, max_tokens=8), adapter_index=adapter_index)
+        for i, head in zip(order, heads):
+            r = pending.pop(i)
+            if head.token_ids is None:
+                raise ValueError("two-phase constrained decoding needs the token ids of the group line; this backend gave none")
+            head_ids = [t for t in head.token_ids if t != eos_token_id]  # the line ended the first pass
+            try:
+                grammar = r.grammar_after_group(head.text)
+            except ValueError as exc:
+                outputs[i] = Output(head.text, head.n_tokens, head.token_ids, error=f"ValueError: {exc}")
+                try:
+                    pending[i] = replace(r, grammar=without_group(r.grammar, head.text), seed=r.seed + 1000)
+                except ValueError:
+                    pass
+                continue
+            second.append(replace(r, prompt_ids=r.prompt_ids + head_ids, seed=r.seed + 1, grammar=grammar, grammar_after_group=None))
+            second_index.append((i, replace(head, token_ids=head_ids)))
+    rest_options = replace(options, max_tokens=max(1, options.max_tokens - 8))
+    for (i, head), rest in zip(second_index, sampler.generate(second, rest_options, adapter_index=adapter_index) if second else []):
+        token_ids = head.token_ids + rest.token_ids if rest.token_ids is not None else None
+        outputs[i] = Output(head.text + rest.text, head.n_tokens + rest.n_tokens, token_ids, rest.error)
+    return outputs  # type: ignore[return-value]

@@ -15,10 +15,10 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llm.grammar import max_sites_for, wyckoff_regex
+from llm.grammar import header_grammar, two_phase, wyckoff_grammar
 from llm.model import read_xtallm_config
 from llm.prompts import check_supported, prompt_ids, read_conditions_file
-from llm.sampling import HfSampler, Request, SamplingOptions, ServerSampler, VllmSampler, check_adapter_matches
+from llm.sampling import HfSampler, Request, SamplingOptions, ServerSampler, VllmSampler, check_adapter_matches, generate
 from tokenization.conditions import validate_conditions
 
 from .records import SampleWriter, decode_sample, read_samples
@@ -58,14 +58,27 @@ def build_requests(job: SampleJob, tokenizer, info: dict[str, Any]) -> list[Requ
         if "dim" in conditions and conditions["dim"] not in info.get("dims", [2, 3]):
             raise ValueError(f"{job.adapter or job.model} was not trained on dim={conditions['dim']} crystals")
         ids = prompt_ids(tokenizer, conditions)
-        regex = None
+        grammar, after_group = None, None
         if job.constrained:
             if info.get("fmt", "wyckoff") != "wyckoff":
                 raise ValueError("--constrained needs a model trained on the wyckoff format")
-            regex = wyckoff_regex(conditions, info.get("dims"), max_sites=max_sites_for(job.options.max_tokens))
+            grammar, after_group = constraint_grammars(conditions, info.get("dims"))
         for k in range(job.num_samples):
-            requests.append(Request(f"p{p}-{k}", conditions, ids, seed=job.seed * 1_000_003 + p * 100_003 + k, regex=regex))
+            seed = job.seed * 1_000_003 + p * 100_003 + k
+            requests.append(Request(f"p{p}-{k}", conditions, ids, seed=seed, grammar=grammar, grammar_after_group=after_group))
     return requests
+
+
+def constraint_grammars(conditions: dict[str, Any], dims: list[int] | None):
+    """(grammar, grammar_after_group) of a prompt: one pass with sg=/lg=, else two (`two_phase`)."""
+    if not two_phase(conditions):
+        return wyckoff_grammar(conditions, dims), None
+
+    def after_group(line: str) -> str:
+        kind, number = line.split()
+        return wyckoff_grammar({**conditions, kind: int(number)}, dims, header=False)
+
+    return header_grammar(conditions, dims), after_group
 
 
 def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
@@ -89,7 +102,7 @@ def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling")
         for start in range(0, len(todo), job.batch_size):
             batch = todo[start : start + job.batch_size]
-            outputs = sampler.generate(batch, job.options, adapter_index=0 if job.adapter else None)
+            outputs = generate(sampler, batch, job.options, adapter_index=0 if job.adapter else None, eos_token_id=tokenizer.eos_token_id)
             rows = []
             for request, output in zip(batch, outputs):
                 n_tokens += output.n_tokens
@@ -98,7 +111,8 @@ def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
                     "prompt": tokenizer.decode(request.prompt_ids, skip_special_tokens=True),
                     "conditions": request.conditions,
                     "text": output.text,
-                    **decode_sample(output.text, fmt, job.vacuum),
+                    **(decode_sample(output.text, fmt, job.vacuum) if output.error is None else
+                       {"ok": False, "error": output.error, "cif": None, "dim": None, "group": None}),
                     "n_tokens": output.n_tokens,
                     "model": job.model,
                     "adapter": job.adapter,

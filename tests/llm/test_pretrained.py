@@ -58,3 +58,20 @@ def test_constrained_samples_parse(engine, tmp_path, adapter, conditions):
     rows = list(read_samples(tmp_path / "samples.jsonl"))
     assert summary["parse_rate"] == 1.0 and len(rows) == 12
     assert {(r["dim"], r["group"]) for r in rows} == {(conditions["dim"], conditions.get("sg", conditions.get("lg")))}
+
+
+def test_constrained_composition_conditions_are_honoured(engine, tmp_path):
+    """Two-pass decoding (group line, then that group's grammar) meets elements= and formula= exactly."""
+    from pipelines import metrics as M
+    from pipelines.evaluate import _parse
+
+    csv = tmp_path / "conditions.csv"
+    csv.write_text('dim,elements,formula\n3,"O,S,Sb",\n3,,LiFeSO4F\n3,,NaCl\n')
+    job = SampleJob(model=str(default_model_path()), out=str(tmp_path / "s"), num_samples=6, constrained=True,
+                    conditions_file=str(csv), options=SamplingOptions(max_tokens=448))
+    summary = run_sample(job, sampler=engine)
+    rows = list(read_samples(tmp_path / "s" / "samples.jsonl"))
+    assert summary["parse_rate"] == 1.0 and len(rows) == 18
+    for row in rows:
+        wanted = {k: v for k, v in row["conditions"].items() if k in ("elements", "formula")}
+        assert all(M.condition_accuracy(wanted, _parse(row["cif"]), row["group"]).values()), (wanted, row["text"])

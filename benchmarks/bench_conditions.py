@@ -1,0 +1,159 @@
+"""Conditional accuracy of the shipped default, grammar-constrained vs free decoding (CPU vLLM).
+
+    python benchmarks/bench_conditions.py bulk --prompts 100 --samples 2 --work runs/conditions
+    python benchmarks/bench_conditions.py layer-groups --samples 4 --work runs/conditions
+
+`bulk`: `dim=3 sg=N`, `dim=3 elements=...` and `dim=3 formula=...` prompts taken from the
+held-out split mp20-heldout-v1 (configs/data, seeded choice), sampled by the default model.
+`layer-groups`: `dim=2 lg=N` for all 80 layer groups, sampled by the default + its
+layer-group LoRA adapter. Both modes run on one engine; each sample is scored by the
+evaluation suite's checks: parsed, structurally and compositionally valid, condition honoured
+(group as written in the text and as detected by moyopy at symprec 0.1).
+
+Writes benchmarks/results/conditions_constrained.json / layer_groups_constrained.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from collections import defaultdict
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+RESULTS = ROOT / "benchmarks" / "results"
+HELDOUT = ROOT / "configs" / "data" / "mp20-heldout-v1.csv"
+
+
+def bulk_prompts(n: int, seed: int) -> dict[str, list[dict]]:
+    """`n` condition sets per kind from held-out crystals (their group, elements, formula)."""
+    import pandas as pd
+    from pymatgen.core import Composition
+
+    from tokenization.conditions import validate_conditions
+
+    rows = pd.read_csv(HELDOUT).sample(n, random_state=seed)
+    out: dict[str, list[dict]] = {"sg": [], "elements": [], "formula": []}
+    for _, r in rows.iterrows():
+        comp = Composition(r["reduced_formula"])
+        out["sg"].append(validate_conditions({"dim": 3, "sg": int(r["group"])}))
+        out["elements"].append(validate_conditions({"dim": 3, "elements": ",".join(e.symbol for e in comp.elements)}))
+        out["formula"].append(validate_conditions({"dim": 3, "formula": r["reduced_formula"]}))
+    return out
+
+
+def write_conditions(path: Path, sets: list[dict]) -> Path:
+    import pandas as pd
+
+    pd.DataFrame(sets).to_csv(path, index=False)
+    return path
+
+
+def score(samples: Path, key: str) -> dict:
+    """Rates over all samples, parsed ones and valid ones (structurally + compositionally)."""
+    from pipelines import metrics as M
+    from pipelines.evaluate import _parse
+    from pipelines.records import read_samples
+    from tokenization.record import detect_group
+
+    n = parsed = valid = 0
+    honoured = defaultdict(lambda: [0, 0, 0])  # all, of parsed, of valid
+    for row in read_samples(samples):
+        n += 1
+        s = _parse(row["cif"]) if row["ok"] else None
+        if s is None:
+            continue
+        parsed += 1
+        ok_valid = M.structurally_valid(s) and M.compositionally_valid(s.composition)
+        valid += ok_valid
+        wanted = {key: row["conditions"][key]}
+        checks = {"written": M.condition_accuracy(wanted, s, row["group"])[key]}
+        if key in ("sg", "lg"):
+            checks["detected"] = detect_group(s, 3 if key == "sg" else 2, symprec=0.1) == wanted[key]
+        for name, ok in checks.items():
+            honoured[name][0] += ok
+            honoured[name][1] += ok
+            honoured[name][2] += ok and ok_valid
+    return {
+        "samples": n, "parse_rate": parsed / max(n, 1), "validity": valid / max(n, 1),
+        **{f"honoured_{name}": {"of_all": h[0] / max(n, 1), "of_parsed": h[1] / max(parsed, 1), "of_valid": h[2] / max(valid, 1)}
+           for name, h in honoured.items()},
+    }
+
+
+def per_group(samples: Path) -> dict[int, dict]:
+    """Layer groups: samples, detected-in-requested-group count per requested group."""
+    from pipelines.evaluate import _parse
+    from pipelines.records import read_samples
+    from tokenization.record import detect_group
+
+    out: dict[int, dict] = {}
+    for row in read_samples(samples):
+        lg = row["conditions"]["lg"]
+        g = out.setdefault(lg, {"samples": 0, "parsed": 0, "detected_in_group": 0})
+        g["samples"] += 1
+        s = _parse(row["cif"]) if row["ok"] else None
+        if s is not None:
+            g["parsed"] += 1
+            g["detected_in_group"] += detect_group(s, 2, symprec=0.1) == lg
+    return out
+
+
+def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str) -> None:
+    from llm.model import default_adapter_path, default_model_path
+    from llm.sampling import SamplingOptions
+    from pipelines.sample import SampleJob, make_sampler, run_sample
+
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    model = str(default_model_path())
+    engine = make_sampler(SampleJob(model=model, out=str(work), adapter=str(default_adapter_path())))
+    result: dict = {"model": Path(model).name, "adapter": Path(adapter).name if adapter else None, "samples_per_prompt": args.samples,
+                    "heldout": HELDOUT.name if result_name.startswith("conditions") else None, "sets": {}}
+    for key, conditions in sets.items():
+        csv = write_conditions(work / f"{key}.csv", conditions)
+        for mode in ("constrained", "free"):
+            out = work / f"{key}_{mode}"
+            job = SampleJob(model=model, adapter=adapter, out=str(out), num_samples=args.samples, conditions_file=str(csv),
+                            constrained=mode == "constrained", seed=args.seed, options=SamplingOptions(max_tokens=448))
+            t = time.perf_counter()
+            summary = run_sample(job, sampler=engine)
+            scored = score(out / "samples.jsonl", key)
+            scored["sampling_seconds"] = round(time.perf_counter() - t, 1) if summary["generated_now"] else None
+            result["sets"].setdefault(key, {})[mode] = scored
+            if key == "lg":
+                groups = per_group(out / "samples.jsonl")
+                hit = sorted(g for g, v in groups.items() if v["detected_in_group"])
+                result["sets"][key][mode].update(groups_with_a_sample_in_group=len(hit), groups_missed=sorted(set(groups) - set(hit)),
+                                                 per_group=groups)
+            print(key, mode, json.dumps({k: v for k, v in scored.items() if k != "per_group"}), flush=True)
+    result["command"] = " ".join(sys.argv)
+    result["date"] = time.strftime("%Y-%m-%d")
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{result_name}.json").write_text(json.dumps(result, indent=1))
+    print(f"-> {RESULTS / (result_name + '.json')}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("what", choices=["bulk", "layer-groups"])
+    parser.add_argument("--work", default="runs/conditions")
+    parser.add_argument("--prompts", type=int, default=100, help="bulk: prompts per condition kind")
+    parser.add_argument("--samples", type=int, default=2, help="samples per prompt")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args()
+    if args.what == "bulk":
+        run(args, bulk_prompts(args.prompts, args.seed), None, "conditions_constrained")
+    else:
+        from llm.model import default_adapter_path
+        from tokenization.conditions import validate_conditions
+
+        sets = {"lg": [validate_conditions({"dim": 2, "lg": n}) for n in range(1, 81)]}
+        run(args, sets, str(default_adapter_path()), "layer_groups_constrained")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,146 @@
+"""Grammars of constrained decoding: real crystals are sentences, impossible ones are not."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from pymatgen.core import Composition, Structure
+
+from llm.grammar import accepts, header_grammar, two_phase, wyckoff_grammar
+from llm.sampling import Output, Request, SamplingOptions, generate
+from pipelines.sample import constraint_grammars
+from tests.conftest import FIXTURES, read_shared
+from tokenization.conditions import _elements, plain_formula
+from tokenization.formats import WyckoffFormat
+from tokenization.symmetry import get_group
+
+FMT = WyckoffFormat()
+
+
+def _ordered(text: str, dim: int, key) -> str:
+    """The same crystal with its site lines sorted (the grammar's order; any order is the same crystal)."""
+    head, lattice, *sites = text.split("\n")
+    table = get_group(dim, int(head.split()[1]))
+    index = {wp.letter: -wp.index for wp in table.wyckoffs}  # letter order: a first
+    return "\n".join([head, lattice, *sorted(sites, key=lambda s: key(s.split()[0], index[s.split()[1].lstrip("0123456789")]))])
+
+
+@pytest.fixture(scope="module")
+def crystals() -> list[tuple[str, int, Structure]]:
+    """(wyckoff text, dim, structure) of 24 MP-20 validation crystals and the known monolayers."""
+    out = []
+    df = read_shared("mp20/val.csv.xz", n=24, seed=3)
+    for cif in df["cif"]:
+        s = Structure.from_str(cif, "cif")
+        out.append((FMT.encode(s), 3, s))
+    for cif in pd.read_csv(FIXTURES / "known_monolayers.csv")["cif_layer_std"]:
+        s = Structure.from_str(cif, "cif")
+        out.append((FMT.encode(s), 2, s))
+    return out
+
+
+def test_real_crystals_are_sentences(crystals):
+    for text, dim, s in crystals:
+        kind, number = text.split("\n")[0].split()
+        elements = _elements([e.symbol for e in s.composition.elements])
+        formula = plain_formula(s.composition)
+        by_letter = _ordered(text, dim, lambda el, letter: (letter,))
+        assert accepts(wyckoff_grammar({"dim": dim, kind: int(number)}), by_letter), by_letter
+        order = {el: i for i, el in enumerate(elements.split(","))}
+        by_element = _ordered(text, dim, lambda el, letter: (order[el], letter))
+        assert accepts(wyckoff_grammar({"dim": dim, kind: int(number), "elements": elements}), by_element), by_element
+        order = {el: i for i, el in enumerate(Composition(formula).get_el_amt_dict())}
+        by_formula = _ordered(text, dim, lambda el, letter: (order[el], letter))
+        assert accepts(wyckoff_grammar({"dim": dim, kind: int(number), "formula": formula}), by_formula), by_formula
+        assert accepts(header_grammar({"dim": dim, "formula": formula}), f"{kind} {number}\n")
+
+
+def test_all_groups_grammar_takes_any_group():
+    grammar = wyckoff_grammar({"dim": 3})
+    assert accepts(grammar, "sg 47\na 4.153 b 4.153 c 4.133\nOs 1a\nF 1d\nN 1f\nO 1g\nSc 1h")
+    assert accepts(grammar, "sg 1\na 2.570 b 5.563 c 6.397 alpha 87.68 beta 80.62 gamma 79.57\nC 1a 0.119 0.545 0.540")
+    assert not accepts(grammar, "lg 78\na 3.188\nMo 1b\nS 2f -1.559")
+    assert accepts(wyckoff_grammar({}, dims=[2]), "lg 78\na 3.188\nMo 1b\nS 2f -1.559")
+
+
+def test_what_the_grammar_forbids():
+    nacl = "sg 225\na 5.640\n"
+    grammar = wyckoff_grammar({"sg": 225})
+    assert accepts(grammar, nacl + "Na 4a\nCl 4b")
+    assert not accepts(grammar, nacl + "Na 4a\nCl 4a")  # two atoms on one point
+    assert accepts(grammar, nacl + "Cl 4b\nNa 4a")  # any line order, as in training
+    assert not accepts(grammar, nacl + "Na 4c\nCl 4b")  # 225 has no 4c
+    assert not accepts(grammar, nacl + "Na 24e\nCl 4b")  # 24e has a free x
+    assert not accepts(grammar, nacl + "Xx 4a")
+    assert not accepts(grammar, "sg 225\na 5.640 c 5.640\nNa 4a")  # cubic: a only
+    assert not accepts(grammar, nacl.rstrip())  # no site at all
+    assert accepts(grammar, nacl + "Na 24e 0.100\nCl 24e 0.300")  # a free position may repeat
+
+    elements = wyckoff_grammar({"sg": 225, "elements": "Na,Cl"})
+    assert accepts(elements, nacl + "Na 4a\nCl 8c")
+    assert not accepts(elements, nacl + "Na 4a")  # Cl missing
+    assert not accepts(elements, nacl + "Na 4a\nK 4b")  # K not asked for
+    assert not accepts(elements, nacl + "Na 4a\nCl 4a")  # two elements on one point
+    assert not accepts(elements, nacl + "Cl 4a\nNa 4b")  # one block per element, in the condition's order
+    formula = wyckoff_grammar({"sg": 225, "formula": "NaCl"})
+    assert accepts(formula, nacl + "Na 4a\nCl 4b") and accepts(formula, nacl + "Na 4a\nNa 4b\nCl 8c")
+    assert not accepts(formula, nacl + "Na 4a\nCl 8c")  # NaCl2
+    assert not accepts(formula, nacl + "Na 4a\nCl 4b\nCl 8c")
+
+
+def test_impossible_conditions_are_refused_clearly():
+    with pytest.raises(ValueError, match="no crystal .* meets 'sg=230 formula=NaCl'"):
+        wyckoff_grammar({"sg": 230, "formula": "NaCl"})  # Ia-3d: every orbit has >= 16 atoms, Z <= 8
+    header = header_grammar({"dim": 3, "formula": "NaCl"})
+    assert accepts(header, "sg 225\n") and not accepts(header, "sg 230\n")
+    assert two_phase({"dim": 3, "formula": "NaCl"}) and two_phase({"dim": 3}) and not two_phase({"sg": 225, "formula": "NaCl"})
+
+
+class FakeSampler:
+    """Answers each request from a table keyed by its prompt (a list: one answer per call); records what it was asked."""
+
+    def __init__(self, answers: dict[tuple[int, ...], list[tuple[str, list[int]]]]):
+        self.answers, self.seen = answers, []
+
+    def generate(self, requests, options, adapter_index=None):
+        self.seen.append([(tuple(r.prompt_ids), r.grammar, options.max_tokens, r.seed) for r in requests])
+        out = []
+        for r in requests:
+            answers = self.answers[tuple(r.prompt_ids)]
+            text, ids = answers.pop(0) if len(answers) > 1 else answers[0]
+            out.append(Output(text, len(ids), ids))
+        return out
+
+
+def test_two_phase_generate_continues_from_the_group_line():
+    eos = 2
+    grammar, after_group = constraint_grammars({"dim": 3, "formula": "NaCl"}, [3])
+    hard, hard_after_group = constraint_grammars({"dim": 3, "formula": "Yb2Ge3Pd"}, [3])
+    plain, none = constraint_grammars({"dim": 3, "sg": 225}, [3])
+    assert none is None and "sg 225" in plain and accepts(grammar, "sg 225\n") and accepts(hard, "sg 225\n")
+    sampler = FakeSampler({
+        (1, 7): [("sg 225\n", [40, 41, 9, eos])],
+        (1, 7, 40, 41, 9): [("a 5.640\nNa 4a\nCl 4b", [50, 51, eos])],
+        # every orbit count of Fm-3m passes the first pass's test, but not together: redrawn
+        (1, 8): [("sg 225\n", [40, 41, 9, eos]), ("sg 221\n", [40, 42, 9, eos])],
+        (1, 8, 40, 42, 9): [("a 4.000\nYb 2e 0.250\nGe 3c\nPd 1a", [70, eos])],
+        (1, 9): [("sg 225\na 5.640\nNa 4a", [60, eos])],
+    })
+    requests = [
+        Request("a", {"formula": "NaCl"}, [1, 7], seed=10, grammar=grammar, grammar_after_group=after_group),
+        Request("b", {"formula": "Yb2Ge3Pd"}, [1, 8], seed=11, grammar=hard, grammar_after_group=hard_after_group),
+        Request("c", {"sg": 225}, [1, 9], seed=12, grammar=plain),
+    ]
+    outputs = generate(sampler, requests, SamplingOptions(max_tokens=448), eos_token_id=eos)
+    assert outputs[0].text == "sg 225\na 5.640\nNa 4a\nCl 4b" and outputs[0].n_tokens == 7 and outputs[0].error is None
+    assert outputs[1].text == "sg 221\na 4.000\nYb 2e 0.250\nGe 3c\nPd 1a" and outputs[1].error is None
+    assert outputs[2].text == "sg 225\na 5.640\nNa 4a"
+    whole, heads, retry, rest = sampler.seen
+    assert whole == [((1, 9), plain, 448, 12)] and [h[2] for h in heads] == [8, 8]
+    assert retry[0][0] == (1, 8) and not accepts(retry[0][1], "sg 225\n") and accepts(retry[0][1], "sg 221\n")
+    assert [r[0] for r in rest] == [(1, 7, 40, 41, 9), (1, 8, 40, 42, 9)] and "formula" not in rest[0][1]
+    assert rest[0][1].count("g3_225 ::=") == 1 and rest[0][2] == 440
+
+    stuck = FakeSampler({(1, 8): [("sg 225\n", [40, 41, 9, eos])]})  # the model insists on a group that cannot fit
+    [out] = generate(stuck, requests[1:2], SamplingOptions(max_tokens=448), eos_token_id=eos)
+    assert out.error and "sg=225" in out.error and len(stuck.seen) == 4
