@@ -118,7 +118,7 @@ def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str
         for mode in ("constrained", "free"):
             out = work / f"{key}_{mode}"
             job = SampleJob(model=model, adapter=adapter, out=str(out), num_samples=args.samples, conditions_file=str(csv),
-                            constrained=mode == "constrained", seed=args.seed, options=SamplingOptions(max_tokens=448))
+                            constrained=mode == "constrained", seed=args.seed, options=SamplingOptions())
             t = time.perf_counter()
             summary = run_sample(job, sampler=engine)
             scored = score(out / "samples.jsonl", key)

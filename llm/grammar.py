@@ -55,35 +55,42 @@ def _numbers(length_decimals: int, angle_decimals: int, coord_decimals: int) -> 
     ])
 
 
-def _site_rules(prefix: str, table: GroupTable, blocks: tuple[Block, ...], track_fixed: bool) -> tuple[list[str], str | None, int]:
+def _site_rules(
+    prefix: str, table: GroupTable, blocks: tuple[Block, ...], track_fixed: bool, breaking: frozenset[int] | None = None
+) -> tuple[list[str], str | None, int]:
     """Rules of the site-line automaton of one group, its start rule (None: no crystal fits) and its size (edges).
 
     State (block, fixed positions used, atoms in the block): a line may take any position with
     free coordinates, or a fixed one not yet used (`track_fixed`); a satisfied block closes and
     the next element's block starts. Lines come in any order inside a block, as in training.
+    With `breaking`, the crystal must have a line on one of those positions (see `_breaking_positions`).
     """
     positions = table.wyckoffs
-    accept = (len(blocks), 0, -1)
+    accept = (len(blocks), 0, -1, True)
 
     def moves(state):  # (element, position index or None, next state)
-        b, used, c = state
+        b, used, c, broken = state
         if b == len(blocks):
             return []
         block = blocks[b]
         out = []
         if (c == block.atoms) if block.atoms is not None else c > 0:
-            out.append((None, None, (b + 1, used, 0) if b + 1 < len(blocks) else accept))
+            if b + 1 < len(blocks):
+                out.append((None, None, (b + 1, used, 0, broken)))
+            elif broken or breaking is None:
+                out.append((None, None, accept))
         for i, wp in enumerate(positions):
             bit = 0 if wp.free or not track_fixed else 1 << i
             if used & bit:
                 continue
+            now_broken = broken or (breaking is not None and i in breaking)
             if block.atoms is None:
-                out.append((block.element, i, (b, used | bit, 1)))
+                out.append((block.element, i, (b, used | bit, 1, now_broken)))
             elif c + wp.multiplicity <= block.atoms:
-                out.append((block.element, i, (b, used | bit, c + wp.multiplicity)))
+                out.append((block.element, i, (b, used | bit, c + wp.multiplicity, now_broken)))
         return out
 
-    start = (0, 0, 0)
+    start = (0, 0, 0, False)
     edges: dict[tuple, list] = {}
     todo = [start]
     while todo:
@@ -141,6 +148,36 @@ def _compositions(conditions: dict[str, Any], max_atoms: int, max_formula_units:
     return ((Block(None),),)
 
 
+@lru_cache(maxsize=None)
+def _breaking_positions(dim: int, number: int) -> frozenset[int] | None:
+    """Layer groups whose crystals need a line with in-plane freedom to be that group and no higher.
+
+    A monolayer built only from positions whose one free coordinate is z, e.g. (0, 0, z) in p4/m,
+    is invariant under a supergroup (p4/mmm): with one element per orbit, the union of all such
+    orbits is, if and only if each orbit is, so one test crystal holding all of them decides for
+    every subset. Where it comes out in a higher group, the grammar asks for at least one line on
+    a position with a free x or y (returned as position indices); None: no such need."""
+    if dim != 2:
+        return None
+    from tokenization.formats import WyckoffFormat
+    from tokenization.record import detect_group
+
+    table = get_group(dim, number)
+    z_only = [wp for wp in table.wyckoffs if set(wp.free) <= {2}]
+    values = {"a": 4.7, "b": 5.9, "alpha": 97.0, "beta": 97.0, "gamma": 97.0}
+    lattice = " ".join(f"{name} {values[name]:.3f}" if name not in ANGLES else f"{name} {values[name]:.2f}" for name in table.lattice_params)
+    symbols = [e for e in ELEMENTS if len(e) == 2][: len(z_only)]
+    lines = [f"{el} {wp.multiplicity}{wp.letter}" + (f" {1.1 + 0.37 * k:.3f}" if wp.free else "")
+             for k, (el, wp) in enumerate(zip(symbols, z_only))]
+    try:
+        structure = WyckoffFormat(strict=False).decode("\n".join([f"lg {number}", lattice, *lines]))
+    except Exception:  # overlapping test orbits: cannot decide, ask for nothing
+        return None
+    if detect_group(structure, 2, symprec=0.01) == number:
+        return None
+    return frozenset(i for i, wp in enumerate(table.wyckoffs) if set(wp.free) & {0, 1})
+
+
 MAX_EDGES = 30_000  # grammar size bound: larger formula-unit counts are dropped, or else fixed positions untracked
 
 
@@ -149,17 +186,18 @@ def group_grammar(dim: int, number: int, composition: tuple[tuple[Block, ...], .
     """Rules of one group's crystals (header, lattice, sites) and its start rule (None: none fits)."""
     table = get_group(dim, number)
     prefix = f"g{dim}_{number}"
+    breaking = _breaking_positions(dim, number)
     # Formula-unit counts Z in increasing order while the grammar stays small; if even the
     # smallest is too large, all of them without tracking the fixed positions.
     built, edges = [], 0
     for k, blocks in enumerate(composition):
-        rules_z = _site_rules(f"{prefix}_z{k}", table, blocks, track_fixed=True)
+        rules_z = _site_rules(f"{prefix}_z{k}", table, blocks, True, breaking)
         edges += rules_z[2]
         if edges > MAX_EDGES and any(start for _, start, _ in built):
             break
         built.append(rules_z)
     if edges > MAX_EDGES and not any(start for _, start, _ in built):
-        built = [_site_rules(f"{prefix}_z{k}", table, blocks, track_fixed=False) for k, blocks in enumerate(composition)]
+        built = [_site_rules(f"{prefix}_z{k}", table, blocks, False, breaking) for k, blocks in enumerate(composition)]
     rules = [rule for site_rules, start, _ in built if start is not None for rule in site_rules]
     starts = [start for _, start, _ in built if start is not None]
     if not starts:

@@ -48,6 +48,7 @@ class Output:
     n_tokens: int
     token_ids: list[int] | None = None
     error: str | None = None  # set when no text could be produced (e.g. an impossible condition)
+    truncated: bool = False  # stopped by max_tokens, not by the model (or the grammar's end)
 
 
 def adapter_base(adapter: str) -> str | None:
@@ -125,7 +126,10 @@ class VllmSampler:
             lora = LoRARequest(f"adapter{adapter_index}", adapter_index + 1, self.adapters[adapter_index])
         prompts = [TokensPrompt(prompt_token_ids=r.prompt_ids) for r in requests]
         results = self.llm.generate(prompts, params, lora_request=lora, use_tqdm=False)
-        return [Output(res.outputs[0].text, len(res.outputs[0].token_ids), list(res.outputs[0].token_ids)) for res in results]
+        return [
+            Output(c.text, len(c.token_ids), list(c.token_ids), truncated=c.finish_reason == "length")
+            for c in (res.outputs[0] for res in results)
+        ]
 
 
 class HfSampler:
@@ -199,7 +203,8 @@ class ServerSampler:
                 raise RuntimeError(f"server {self.url} answered {reply.status_code}: {reply.text[:500]}")
             choice = reply.json()["choices"][0]
             usage = reply.json().get("usage", {})
-            outputs.append(Output(choice["text"], int(usage.get("completion_tokens", 0)), choice.get("token_ids")))
+            outputs.append(Output(choice["text"], int(usage.get("completion_tokens", 0)), choice.get("token_ids"),
+                                  truncated=choice.get("finish_reason") == "length"))
         return outputs
 
 
@@ -244,5 +249,5 @@ def generate(
     rest_options = replace(options, max_tokens=max(1, options.max_tokens - 8))
     for (i, head), rest in zip(second_index, sampler.generate(second, rest_options, adapter_index=adapter_index) if second else []):
         token_ids = head.token_ids + rest.token_ids if rest.token_ids is not None else None
-        outputs[i] = Output(head.text + rest.text, head.n_tokens + rest.n_tokens, token_ids, rest.error)
+        outputs[i] = Output(head.text + rest.text, head.n_tokens + rest.n_tokens, token_ids, rest.error, rest.truncated)
     return outputs  # type: ignore[return-value]

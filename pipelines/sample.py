@@ -106,6 +106,9 @@ def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
             rows = []
             for request, output in zip(batch, outputs):
                 n_tokens += output.n_tokens
+                if output.truncated and request.grammar and output.error is None:
+                    # a text cut off at a line end can still parse, but it is not the crystal the grammar asked for
+                    output.error = f"cut off at max_tokens={job.options.max_tokens} before the grammar's end"
                 rows.append({
                     "id": request.id,
                     "prompt": tokenizer.decode(request.prompt_ids, skip_special_tokens=True),

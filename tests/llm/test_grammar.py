@@ -88,6 +88,14 @@ def test_what_the_grammar_forbids():
     assert not accepts(formula, nacl + "Na 4a\nCl 4b\nCl 8c")
 
 
+def test_layer_group_needs_a_line_that_keeps_it_below_its_supergroup():
+    # every p4/m crystal made of (0,0,z)-like orbits alone is p4/mmm: one line with a free x, y is required
+    grammar = wyckoff_grammar({"dim": 2, "lg": 51})
+    assert not accepts(grammar, "lg 51\na 4.963\nSr 2d -2.235\nSr 1a\nC 2d 2.071")
+    assert accepts(grammar, "lg 51\na 4.963\nSr 2d -2.235\nSr 1a\nC 4g 0.210 0.070")
+    assert accepts(wyckoff_grammar({"dim": 2, "lg": 78}), "lg 78\na 3.188\nMo 1b\nS 2f -1.559")  # 2H-MoS2 needs none
+
+
 def test_impossible_conditions_are_refused_clearly():
     with pytest.raises(ValueError, match="no crystal .* meets 'sg=230 formula=NaCl'"):
         wyckoff_grammar({"sg": 230, "formula": "NaCl"})  # Ia-3d: every orbit has >= 16 atoms, Z <= 8
@@ -144,3 +152,22 @@ def test_two_phase_generate_continues_from_the_group_line():
     stuck = FakeSampler({(1, 8): [("sg 225\n", [40, 41, 9, eos])]})  # the model insists on a group that cannot fit
     [out] = generate(stuck, requests[1:2], SamplingOptions(max_tokens=448), eos_token_id=eos)
     assert out.error and "sg=225" in out.error and len(stuck.seen) == 4
+
+
+class CutOff:
+    """Every answer parses but was stopped by max_tokens."""
+
+    def generate(self, requests, options, adapter_index=None):
+        return [Output("sg 225\na 5.640\nNa 4a", 3, [1, 2, 3], truncated=True) for _ in requests]
+
+
+def test_a_constrained_sample_cut_off_by_max_tokens_is_not_a_crystal(tmp_path):
+    from llm.model import default_model_path
+    from pipelines.records import read_samples
+    from pipelines.sample import SampleJob, run_sample
+
+    job = SampleJob(model=str(default_model_path()), out=str(tmp_path), num_samples=2, constrained=True, conditions={"sg": 225})
+    assert run_sample(job, sampler=CutOff())["parse_rate"] == 0.0
+    assert all("cut off at max_tokens" in r["error"] for r in read_samples(tmp_path / "samples.jsonl"))
+    free = SampleJob(model=str(default_model_path()), out=str(tmp_path / "free"), num_samples=2, conditions={"sg": 225})
+    assert run_sample(free, sampler=CutOff())["parse_rate"] == 1.0  # free decoding: scored as written
