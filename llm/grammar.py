@@ -150,32 +150,42 @@ def _compositions(conditions: dict[str, Any], max_atoms: int, max_formula_units:
 
 @lru_cache(maxsize=None)
 def _breaking_positions(dim: int, number: int) -> frozenset[int] | None:
-    """Layer groups whose crystals need a line with in-plane freedom to be that group and no higher.
+    """Layer groups whose crystals need a line on particular positions to be that group and no higher.
 
     A monolayer built only from positions whose one free coordinate is z, e.g. (0, 0, z) in p4/m,
     is invariant under a supergroup (p4/mmm): with one element per orbit, the union of all such
     orbits is, if and only if each orbit is, so one test crystal holding all of them decides for
-    every subset. Where it comes out in a higher group, the grammar asks for at least one line on
-    a position with a free x or y (returned as position indices); None: no such need."""
+    every subset. Where it comes out in a higher group, a position "breaks" the supergroup when
+    adding one generic orbit of it to the test crystal gives the group itself ((x, 0, 0) on a
+    mirror of the supergroup does not; the general position does). The grammar then asks for
+    at least one line on a breaking position (returned as indices); None: no such need."""
     if dim != 2:
         return None
     from tokenization.formats import WyckoffFormat
     from tokenization.record import detect_group
 
     table = get_group(dim, number)
-    z_only = [wp for wp in table.wyckoffs if set(wp.free) <= {2}]
     values = {"a": 4.7, "b": 5.9, "alpha": 97.0, "beta": 97.0, "gamma": 97.0}
-    lattice = " ".join(f"{name} {values[name]:.3f}" if name not in ANGLES else f"{name} {values[name]:.2f}" for name in table.lattice_params)
-    symbols = [e for e in ELEMENTS if len(e) == 2][: len(z_only)]
-    lines = [f"{el} {wp.multiplicity}{wp.letter}" + (f" {1.1 + 0.37 * k:.3f}" if wp.free else "")
-             for k, (el, wp) in enumerate(zip(symbols, z_only))]
-    try:
-        structure = WyckoffFormat(strict=False).decode("\n".join([f"lg {number}", lattice, *lines]))
-    except Exception:  # overlapping test orbits: cannot decide, ask for nothing
+    lattice = " ".join(f"{name} {values[name]:.2f}" for name in table.lattice_params)
+    symbols = iter([e for e in ELEMENTS if len(e) == 2])
+
+    def line(wp, k: int) -> str:
+        generic = {0: 0.137 + 0.05 * k, 1: 0.291 + 0.03 * k, 2: 1.1 + 0.37 * k}  # fractions in-plane, Å out of plane
+        return f"{next(symbols)} {wp.multiplicity}{wp.letter}" + "".join(f" {generic[j]:.3f}" for j in wp.free)
+
+    def detected(lines: list[str]) -> int | None:
+        try:
+            structure = WyckoffFormat(strict=False).decode("\n".join([f"lg {number}", lattice, *lines]))
+        except Exception:  # overlapping test orbits: cannot tell
+            return None
+        return detect_group(structure, 2, symprec=0.01)
+
+    z_only = [line(wp, k) for k, wp in enumerate(table.wyckoffs) if set(wp.free) <= {2}]
+    if not z_only or detected(z_only) in (number, None):
         return None
-    if detect_group(structure, 2, symprec=0.01) == number:
-        return None
-    return frozenset(i for i, wp in enumerate(table.wyckoffs) if set(wp.free) & {0, 1})
+    breaking = frozenset(i for i, wp in enumerate(table.wyckoffs)
+                         if set(wp.free) & {0, 1} and detected([*z_only, line(wp, 9)]) == number)
+    return breaking or None  # none found: the test cannot tell, so ask for nothing
 
 
 MAX_EDGES = 30_000  # grammar size bound: larger formula-unit counts are dropped, or else fixed positions untracked
