@@ -125,7 +125,7 @@ def report(args) -> None:
     out = {"metrics": {n: {k: metrics[n].get(k) for k in KEYS} for n in SETS}, "generate": gen,
            "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "default_model_eval.json").write_text(json.dumps(out, indent=1))
+    (RESULTS / f"{args.results}.json").write_text(json.dumps(out, indent=1))
     (work / "report.md").write_text(table + "\n")
     print(table)
 
@@ -146,6 +146,8 @@ def main() -> None:
         if name == "evaluate":
             s.add_argument("--stability", default=None, help="folder with hull.csv, relaxed_llm.jsonl, relaxed_refined.jsonl")
             s.add_argument("--num-proc", type=int, default=2)
+        if name == "report":
+            s.add_argument("--results", default="default_model_eval", help="benchmarks/results/<name>.json")
     args = p.parse_args()
     args.func(args)
 
