@@ -19,8 +19,9 @@ positions makes it too large (`MAX_EDGES`: long formulas in P-1, Pmmm), the larg
 formula-unit counts Z are left out; if even Z=1 is too large, fixed positions go untracked. One group's grammar is
 small; over all groups it is megabytes, so a prompt without sg=/lg= is decoded in two passes
 (`two_phase`): the group line under `header_grammar`, then the rest under that group's grammar.
-Lines are not counted (the count times the used positions makes P-1's grammar explode); the
-sampler's max_tokens (768) is 1.5x the longest training text.
+The cell holds at most `GrammarOptions.max_atoms` atoms, so a sample cannot run on forever;
+where counting atoms times the used positions is too large (P222, Pmmm), the count is dropped
+and the sampler's max_tokens (768, 1.5x the longest training text) is the only bound.
 """
 
 from __future__ import annotations
@@ -56,27 +57,35 @@ def _numbers(length_decimals: int, angle_decimals: int, coord_decimals: int) -> 
 
 
 def _site_rules(
-    prefix: str, table: GroupTable, blocks: tuple[Block, ...], track_fixed: bool, breaking: frozenset[int] | None = None
+    prefix: str,
+    table: GroupTable,
+    blocks: tuple[Block, ...],
+    track_fixed: bool,
+    breaking: frozenset[int] | None = None,
+    max_atoms: int | None = None,
 ) -> tuple[list[str], str | None, int]:
     """Rules of the site-line automaton of one group, its start rule (None: no crystal fits) and its size (edges).
 
-    State (block, fixed positions used, atoms in the block): a line may take any position with
-    free coordinates, or a fixed one not yet used (`track_fixed`); a satisfied block closes and
-    the next element's block starts. Lines come in any order inside a block, as in training.
-    With `breaking`, the crystal must have a line on one of those positions (see `_breaking_positions`).
+    State (block, fixed positions used, atoms in the block, atoms in the cell): a line may take
+    any position with free coordinates, or a fixed one not yet used (`track_fixed`); a satisfied
+    block closes and the next element's block starts. Lines come in any order inside a block, as
+    in training. With `max_atoms`, the cell holds at most that many atoms, which also bounds the
+    number of lines: a constrained sample always ends. With `breaking`, the crystal must have a
+    line on one of those positions (see `_breaking_positions`). Exploration stops past
+    `EXPLORE_LIMIT` edges (size returned as that limit + 1, no rules).
     """
     positions = table.wyckoffs
-    accept = (len(blocks), 0, -1, True)
+    accept = (len(blocks), 0, -1, 0, True)
 
     def moves(state):  # (element, position index or None, next state)
-        b, used, c, broken = state
+        b, used, c, total, broken = state
         if b == len(blocks):
             return []
         block = blocks[b]
         out = []
         if (c == block.atoms) if block.atoms is not None else c > 0:
             if b + 1 < len(blocks):
-                out.append((None, None, (b + 1, used, 0, broken)))
+                out.append((None, None, (b + 1, used, 0, total, broken)))
             elif broken or breaking is None:
                 out.append((None, None, accept))
         for i, wp in enumerate(positions):
@@ -84,20 +93,28 @@ def _site_rules(
             if used & bit:
                 continue
             now_broken = broken or (breaking is not None and i in breaking)
-            if block.atoms is None:
-                out.append((block.element, i, (b, used | bit, 1, now_broken)))
-            elif c + wp.multiplicity <= block.atoms:
-                out.append((block.element, i, (b, used | bit, c + wp.multiplicity, now_broken)))
+            m = wp.multiplicity
+            if max_atoms is not None and total + m > max_atoms:
+                continue
+            after = total + m if max_atoms is not None else 0
+            if block.atoms is None:  # the block only needs a line: remember that it has one
+                out.append((block.element, i, (b, used | bit, 1, after, now_broken)))
+            elif c + m <= block.atoms:
+                out.append((block.element, i, (b, used | bit, c + m, after, now_broken)))
         return out
 
-    start = (0, 0, 0, False)
+    start = (0, 0, 0, 0, False)
     edges: dict[tuple, list] = {}
     todo = [start]
+    size = 0
     while todo:
         state = todo.pop()
         if state in edges:
             continue
         edges[state] = moves(state)
+        size += len(edges[state])
+        if size > EXPLORE_LIMIT:
+            return [], None, EXPLORE_LIMIT + 1
         todo.extend(move[-1] for move in edges[state] if move[-1] not in edges)
     live = {accept}
     changed = True
@@ -107,7 +124,6 @@ def _site_rules(
             if state not in live and any(move[-1] in live for move in out):
                 live.add(state)
                 changed = True
-    size = sum(len(out) for out in edges.values())
     if start not in live:
         return [], None, size
 
@@ -188,26 +204,33 @@ def _breaking_positions(dim: int, number: int) -> frozenset[int] | None:
     return breaking or None  # none found: the test cannot tell, so ask for nothing
 
 
-MAX_EDGES = 30_000  # grammar size bound: larger formula-unit counts are dropped, or else fixed positions untracked
+MAX_EDGES = 30_000  # grammar size bound: see group_grammar
+EXPLORE_LIMIT = 4 * MAX_EDGES  # an automaton this large is not even built
 
 
 @lru_cache(maxsize=1024)
-def group_grammar(dim: int, number: int, composition: tuple[tuple[Block, ...], ...], header: bool = True) -> tuple[list[str], str | None]:
+def group_grammar(
+    dim: int, number: int, composition: tuple[tuple[Block, ...], ...], header: bool = True, max_atoms: int | None = None
+) -> tuple[list[str], str | None]:
     """Rules of one group's crystals (header, lattice, sites) and its start rule (None: none fits)."""
     table = get_group(dim, number)
     prefix = f"g{dim}_{number}"
     breaking = _breaking_positions(dim, number)
-    # Formula-unit counts Z in increasing order while the grammar stays small; if even the
-    # smallest is too large, all of them without tracking the fixed positions.
-    built, edges = [], 0
-    for k, blocks in enumerate(composition):
-        rules_z = _site_rules(f"{prefix}_z{k}", table, blocks, True, breaking)
-        edges += rules_z[2]
-        if edges > MAX_EDGES and any(start for _, start, _ in built):
+    # Formula-unit counts Z in increasing order while the grammar stays small. Where even the
+    # smallest is too large (P222, Pmmm: many fixed positions), the atom cap goes first (fixed
+    # positions used twice are the commoner fault), then the tracking of fixed positions. A
+    # first feasible automaton is kept up to EXPLORE_LIMIT (P-1 with the cap: 59k edges, 0.8 s
+    # for xgrammar to compile once).
+    for track, cap in ((True, max_atoms), (True, None), (False, None)):
+        built, edges = [], 0
+        for k, blocks in enumerate(composition):
+            rules_z = _site_rules(f"{prefix}_z{k}", table, blocks, track, breaking, cap)
+            if edges + rules_z[2] > MAX_EDGES and any(start for _, start, _ in built):
+                break
+            edges += rules_z[2]
+            built.append(rules_z)
+        if edges <= MAX_EDGES or any(start for _, start, _ in built):
             break
-        built.append(rules_z)
-    if edges > MAX_EDGES and not any(start for _, start, _ in built):
-        built = [_site_rules(f"{prefix}_z{k}", table, blocks, False, breaking) for k, blocks in enumerate(composition)]
     rules = [rule for site_rules, start, _ in built if start is not None for rule in site_rules]
     starts = [start for _, start, _ in built if start is not None]
     if not starts:
@@ -255,7 +278,7 @@ def wyckoff_grammar(
     composition = _compositions(conditions, options.max_atoms, options.max_formula_units)
     rules, starts = [], []
     for dim, number in _groups(conditions, dims):
-        group_rules, start = group_grammar(dim, number, composition, header)
+        group_rules, start = group_grammar(dim, number, composition, header, options.max_atoms)
         if start is not None:
             rules += group_rules
             starts.append(start)

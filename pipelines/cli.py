@@ -45,6 +45,7 @@ def _sample(args: argparse.Namespace) -> int:
         server=args.server,
         server_model=args.server_model,
         constrained=args.constrained,
+        max_atoms=args.max_atoms,
         seed=args.seed,
         batch_size=args.batch_size,
         vacuum=args.vacuum,
@@ -188,6 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server", default=None, help="http://HOST:PORT of an OpenAI-compatible server (vllm serve)")
     s.add_argument("--server-model", default=None, help="model or LoRA module name on the server")
     s.add_argument("--constrained", action="store_true", help="grammar-constrained decoding: every sample parses")
+    s.add_argument("--max-atoms", type=int, default=80, help="with --constrained: at most this many atoms in the conventional cell")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)

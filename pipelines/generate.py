@@ -27,6 +27,7 @@ class SampleStage:
     adapter: str | None = None  # a LoRA folder, or "layer_group" for the shipped layer-group adapter
     backend: str = "vllm"  # vllm | hf
     constrained: bool = True  # grammar-constrained decoding: every sample parses
+    max_atoms: int = 80  # constrained decoding: at most this many atoms in the conventional cell
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 768
@@ -96,6 +97,7 @@ def run_generate(
         conditions_file=conditions_file,
         backend=s.backend,
         constrained=s.constrained,
+        max_atoms=s.max_atoms,
         seed=s.seed,
         batch_size=s.batch_size,
         vacuum=config.vacuum,

@@ -15,7 +15,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from llm.grammar import header_grammar, two_phase, wyckoff_grammar
+from llm.grammar import GrammarOptions, header_grammar, two_phase, wyckoff_grammar
 from llm.model import read_xtallm_config
 from llm.prompts import check_supported, prompt_ids, read_conditions_file
 from llm.sampling import HfSampler, Request, SamplingOptions, ServerSampler, VllmSampler, check_adapter_matches, generate
@@ -36,6 +36,7 @@ class SampleJob:
     server: str | None = None
     server_model: str | None = None  # name the server knows the model/adapter by
     constrained: bool = False
+    max_atoms: int = 80  # constrained decoding: at most this many atoms in the (conventional) cell
     seed: int = 0
     batch_size: int = 256
     vacuum: float = 15.0
@@ -62,23 +63,24 @@ def build_requests(job: SampleJob, tokenizer, info: dict[str, Any]) -> list[Requ
         if job.constrained:
             if info.get("fmt", "wyckoff") != "wyckoff":
                 raise ValueError("--constrained needs a model trained on the wyckoff format")
-            grammar, after_group = constraint_grammars(conditions, info.get("dims"))
+            grammar, after_group = constraint_grammars(conditions, info.get("dims"), job.max_atoms)
         for k in range(job.num_samples):
             seed = job.seed * 1_000_003 + p * 100_003 + k
             requests.append(Request(f"p{p}-{k}", conditions, ids, seed=seed, grammar=grammar, grammar_after_group=after_group))
     return requests
 
 
-def constraint_grammars(conditions: dict[str, Any], dims: list[int] | None):
+def constraint_grammars(conditions: dict[str, Any], dims: list[int] | None, max_atoms: int = 80):
     """(grammar, grammar_after_group) of a prompt: one pass with sg=/lg=, else two (`two_phase`)."""
+    options = GrammarOptions(max_atoms=max_atoms)
     if not two_phase(conditions):
-        return wyckoff_grammar(conditions, dims), None
+        return wyckoff_grammar(conditions, dims, options), None
 
     def after_group(line: str) -> str:
         kind, number = line.split()
-        return wyckoff_grammar({**conditions, kind: int(number)}, dims, header=False)
+        return wyckoff_grammar({**conditions, kind: int(number)}, dims, options, header=False)
 
-    return header_grammar(conditions, dims), after_group
+    return header_grammar(conditions, dims, options), after_group
 
 
 def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Structure
 
-from llm.grammar import accepts, header_grammar, two_phase, wyckoff_grammar
+from llm.grammar import GrammarOptions, accepts, header_grammar, two_phase, wyckoff_grammar
 from llm.sampling import Output, Request, SamplingOptions, generate
 from pipelines.sample import constraint_grammars
 from tests.conftest import FIXTURES, read_shared
@@ -86,6 +86,30 @@ def test_what_the_grammar_forbids():
     assert accepts(formula, nacl + "Na 4a\nCl 4b") and accepts(formula, nacl + "Na 4a\nNa 4b\nCl 8c")
     assert not accepts(formula, nacl + "Na 4a\nCl 8c")  # NaCl2
     assert not accepts(formula, nacl + "Na 4a\nCl 4b\nCl 8c")
+
+
+def test_atom_cap_ends_every_sample():
+    # Fm-3m under a 24-atom cap: 4a + 4b + 8c + ... stops where the next line would pass 24 atoms
+    capped = wyckoff_grammar({"sg": 225}, options=GrammarOptions(max_atoms=24))
+    nacl = "sg 225\na 5.640\n"
+    assert accepts(capped, nacl + "Na 4a\nCl 4b\nF 8c")  # 16 atoms
+    assert not accepts(capped, nacl + "Na 4a\nCl 24e 0.200")  # 28 atoms
+    assert accepts(capped, nacl + "Cl 24e 0.200")  # 24 atoms
+    assert not accepts(capped, nacl + "Cl 24e 0.200\nK 24e 0.300")
+    # the default cap (80 atoms) bounds the lines of a free position, so decoding cannot run on forever
+    default = wyckoff_grammar({"sg": 225})
+    assert accepts(default, nacl + "Cl 24e 0.100\nCl 24e 0.200\nCl 24e 0.300\nNa 8c")
+    assert not accepts(default, nacl + "Cl 24e 0.100\nCl 24e 0.200\nCl 24e 0.300\nNa 4a\nNa 8c")  # 84
+    # P-1 (eight fixed positions of one atom) is capped too: 39 general lines and one fixed are 79 atoms
+    p1bar = "sg 2\na 5.000 b 5.000 c 5.000 alpha 90.00 beta 90.00 gamma 90.00\n"
+    lines = lambda n, letter: "".join(f"O {letter} 0.1{k:02d} 0.200 0.300\n" for k in range(n))
+    assert accepts(wyckoff_grammar({"sg": 2}), p1bar + lines(39, "2i") + "Na 1a")
+    assert not accepts(wyckoff_grammar({"sg": 2}), p1bar + lines(40, "2i") + "Na 1a")
+    # Pmmm: counting atoms times the used subsets of its 27 positions is too large: no cap,
+    # fixed positions still used once
+    pmmm = "sg 47\na 5.000 b 5.000 c 5.000\n"
+    assert accepts(wyckoff_grammar({"sg": 47}), pmmm + lines(11, "8A") + "Na 1a")
+    assert not accepts(wyckoff_grammar({"sg": 47}), pmmm + "Na 1a\nK 1a")
 
 
 def test_layer_group_needs_a_line_that_keeps_it_below_its_supergroup():
