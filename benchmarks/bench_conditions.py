@@ -84,22 +84,31 @@ def score(samples: Path, key: str) -> dict:
     }
 
 
-def per_group(samples: Path) -> dict[int, dict]:
-    """Layer groups: samples, detected-in-requested-group count per requested group."""
+def per_group(samples: Path) -> tuple[dict[int, dict], list[dict]]:
+    """Layer groups: counts per requested group, and the valid samples detected in another group."""
+    from pipelines import metrics as M
     from pipelines.evaluate import _parse
     from pipelines.records import read_samples
     from tokenization.record import detect_group
 
     out: dict[int, dict] = {}
+    misses = []
     for row in read_samples(samples):
         lg = row["conditions"]["lg"]
-        g = out.setdefault(lg, {"samples": 0, "parsed": 0, "detected_in_group": 0})
+        g = out.setdefault(lg, {"samples": 0, "parsed": 0, "valid": 0, "detected_in_group": 0, "valid_in_group": 0})
         g["samples"] += 1
         s = _parse(row["cif"]) if row["ok"] else None
-        if s is not None:
-            g["parsed"] += 1
-            g["detected_in_group"] += detect_group(s, 2, symprec=0.1) == lg
-    return out
+        if s is None:
+            continue
+        g["parsed"] += 1
+        valid = M.structurally_valid(s) and M.compositionally_valid(s.composition)
+        detected = detect_group(s, 2, symprec=0.1)
+        g["valid"] += valid
+        g["detected_in_group"] += detected == lg
+        g["valid_in_group"] += valid and detected == lg
+        if valid and detected != lg:
+            misses.append({"id": row["id"], "requested": lg, "detected": detected, "text": row["text"]})
+    return out, misses
 
 
 def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str) -> None:
@@ -125,11 +134,11 @@ def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str
             scored["sampling_seconds"] = round(time.perf_counter() - t, 1) if summary["generated_now"] else None
             result["sets"].setdefault(key, {})[mode] = scored
             if key == "lg":
-                groups = per_group(out / "samples.jsonl")
+                groups, misses = per_group(out / "samples.jsonl")
                 hit = sorted(g for g, v in groups.items() if v["detected_in_group"])
                 result["sets"][key][mode].update(groups_with_a_sample_in_group=len(hit), groups_missed=sorted(set(groups) - set(hit)),
-                                                 per_group=groups)
-            print(key, mode, json.dumps({k: v for k, v in scored.items() if k != "per_group"}), flush=True)
+                                                 per_group=groups, valid_misses=misses)
+            print(key, mode, json.dumps({k: v for k, v in scored.items() if k not in ("per_group", "valid_misses")}), flush=True)
     result["command"] = " ".join(sys.argv)
     result["date"] = time.strftime("%Y-%m-%d")
     RESULTS.mkdir(parents=True, exist_ok=True)

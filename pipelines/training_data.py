@@ -297,6 +297,7 @@ def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None 
     if not shared:
         return report
     prompts = sampling_prompts(tokenizer, splits)
+    (out / "pretok").mkdir(parents=True, exist_ok=True)  # `--only shared` builds no set folder first
     (out / "pretok" / "prompts.json").write_text(json.dumps(prompts))
     ref = out / "ref"
     ref.mkdir(parents=True, exist_ok=True)
