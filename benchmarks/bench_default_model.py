@@ -2,10 +2,10 @@
 
     python benchmarks/bench_default_model.py generate --work runs/eval7 --num-samples 1000       # CPU: xtallm generate
     python benchmarks/bench_default_model.py stability-inputs --work runs/eval7 --subsample 100  # CPU: what the GPU relaxes
-    # GPU machine (pymatgen-core, ase, sevenn, moyopy carried as wheels):
-    python3 -m pipelines.cli hull build --structures runs/eval7/known.csv --relax-steps 0 --workers 14 --out $OUT/hull.csv
-    python3 -m pipelines.cli relax runs/eval7/relax_llm.jsonl --workers 14 --relax-steps 500 --out $OUT/relaxed_llm.jsonl
-    python3 -m pipelines.cli relax runs/eval7/relax_refined.jsonl --workers 14 --relax-steps 500 --out $OUT/relaxed_refined.jsonl
+    # GPU machine (pymatgen, ase, sevenn, moyopy: `python benchmarks/device_wheels.py`, carry .whl):
+    python3 -m pipelines.cli hull build --structures runs/eval7/known.csv --relax-steps 0 --workers 14 --device cuda --out $OUT/hull.csv
+    python3 -m pipelines.cli relax runs/eval7/relax_llm.jsonl --workers 15 --relax-steps 250 --device cuda --out $OUT/relaxed_llm.jsonl
+    python3 -m pipelines.cli relax runs/eval7/relax_refined.jsonl --workers 15 --relax-steps 250 --device cuda --out $OUT/relaxed_refined.jsonl
     python benchmarks/bench_default_model.py evaluate --work runs/eval7 --stability DIR   # CPU: xtallm evaluate x 2
     python benchmarks/bench_default_model.py report --work runs/eval7                     # Markdown table + JSON
 
