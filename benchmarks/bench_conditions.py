@@ -1,14 +1,17 @@
 """Conditional accuracy of the shipped default, grammar-constrained vs free decoding (CPU vLLM).
 
     python benchmarks/bench_conditions.py bulk --prompts 100 --samples 2 --work runs/conditions
-    python benchmarks/bench_conditions.py layer-groups --samples 4 --work runs/conditions
+    python benchmarks/bench_conditions.py layer-groups --samples 8 --redraws 3 --work runs/conditions
 
 `bulk`: `dim=3 sg=N`, `dim=3 elements=...` and `dim=3 formula=...` prompts taken from the
 held-out split mp20-heldout-v1 (configs/data, seeded choice), sampled by the default model.
 `layer-groups`: `dim=2 lg=N` for all 80 layer groups, sampled by the default + its
 layer-group LoRA adapter. Both modes run on one engine; each sample is scored by the
 evaluation suite's checks: parsed, structurally and compositionally valid, condition honoured
-(group as written in the text and as detected by moyopy at symprec 0.1).
+(group as written in the text and as detected by moyopy at symprec 0.1). `--redraws N` adds a
+third mode for sg=/lg= prompts: constrained with up to N redraws of a sample whose detected group
+is not the requested one (the same test as the score: it measures what `xtallm generate` delivers
+and what it costs in draws, not the model alone).
 
 Writes benchmarks/results/conditions_constrained.json / layer_groups_constrained.json.
 """
@@ -61,8 +64,10 @@ def score(samples: Path, key: str) -> dict:
 
     n = parsed = valid = 0
     honoured = defaultdict(lambda: [0, 0, 0])  # all, of parsed, of valid
+    draws = 0
     for row in read_samples(samples):
         n += 1
+        draws += row.get("draws", 1)
         s = _parse(row["cif"]) if row["ok"] else None
         if s is None:
             continue
@@ -78,7 +83,7 @@ def score(samples: Path, key: str) -> dict:
             honoured[name][1] += ok
             honoured[name][2] += ok and ok_valid
     return {
-        "samples": n, "parse_rate": parsed / max(n, 1), "validity": valid / max(n, 1),
+        "samples": n, "parse_rate": parsed / max(n, 1), "validity": valid / max(n, 1), "draws_per_sample": draws / max(n, 1),
         **{f"honoured_{name}": {"of_all": h[0] / max(n, 1), "of_parsed": h[1] / max(parsed, 1), "of_valid": h[2] / max(valid, 1)}
            for name, h in honoured.items()},
     }
@@ -124,10 +129,13 @@ def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str
                     "heldout": HELDOUT.name if result_name.startswith("conditions") else None, "sets": {}}
     for key, conditions in sets.items():
         csv = write_conditions(work / f"{key}.csv", conditions)
-        for mode in ("constrained", "free"):
+        modes = {"constrained": (True, 0), "free": (False, 0)}
+        if args.redraws and key in ("sg", "lg"):
+            modes[f"constrained_redraws{args.redraws}"] = (True, args.redraws)
+        for mode, (constrained, redraws) in modes.items():
             out = work / f"{key}_{mode}"
             job = SampleJob(model=model, adapter=adapter, out=str(out), num_samples=args.samples, conditions_file=str(csv),
-                            constrained=mode == "constrained", seed=args.seed, options=SamplingOptions())
+                            constrained=constrained, redraws=redraws, seed=args.seed, options=SamplingOptions())
             t = time.perf_counter()
             summary = run_sample(job, sampler=engine)
             scored = score(out / "samples.jsonl", key)
@@ -153,6 +161,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=100, help="bulk: prompts per condition kind")
     parser.add_argument("--samples", type=int, default=2, help="samples per prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--redraws", type=int, default=0, help="also sample sg=/lg= prompts with this many redraws")
     args = parser.parse_args()
     if args.what == "bulk":
         run(args, bulk_prompts(args.prompts, args.seed), None, "conditions_constrained")

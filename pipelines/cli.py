@@ -46,6 +46,7 @@ def _sample(args: argparse.Namespace) -> int:
         server_model=args.server_model,
         constrained=args.constrained,
         max_atoms=args.max_atoms,
+        redraws=args.redraws,
         seed=args.seed,
         batch_size=args.batch_size,
         vacuum=args.vacuum,
@@ -190,6 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--server-model", default=None, help="model or LoRA module name on the server")
     s.add_argument("--constrained", action="store_true", help="grammar-constrained decoding: every sample parses")
     s.add_argument("--max-atoms", type=int, default=80, help="with --constrained: at most this many atoms in the conventional cell")
+    s.add_argument("--redraws", type=int, default=0, help="with sg=/lg=: draw a sample again (up to N times) while its detected group differs")
     s.add_argument("--temperature", type=float, default=1.0)
     s.add_argument("--top-p", type=float, default=1.0)
     s.add_argument("--top-k", type=int, default=0)

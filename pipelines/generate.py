@@ -28,6 +28,7 @@ class SampleStage:
     backend: str = "vllm"  # vllm | hf
     constrained: bool = True  # grammar-constrained decoding: every sample parses
     max_atoms: int = 80  # constrained decoding: at most this many atoms in the conventional cell
+    redraws: int = 3  # with sg=/lg=: draw again while the detected group is not the requested one
     temperature: float = 1.0
     top_p: float = 1.0
     max_tokens: int = 768
@@ -98,6 +99,7 @@ def run_generate(
         backend=s.backend,
         constrained=s.constrained,
         max_atoms=s.max_atoms,
+        redraws=s.redraws,
         seed=s.seed,
         batch_size=s.batch_size,
         vacuum=config.vacuum,

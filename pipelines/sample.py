@@ -2,17 +2,20 @@
 
 Every sample gets an id `p<prompt>-<k>` and a seed derived from (seed, prompt, k); the JSONL
 is appended batch by batch, so a re-run with the same arguments skips what is there and
-produces exactly the missing samples.
+produces exactly the missing samples. With `redraws`, a sample whose detected group is not the
+requested sg=/lg= is drawn again with the next seed of its own sequence (`draws` in the row).
 """
 
 from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass, field
+import warnings
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
 from llm.grammar import GrammarOptions, header_grammar, two_phase, wyckoff_grammar
@@ -20,6 +23,7 @@ from llm.model import read_xtallm_config
 from llm.prompts import check_supported, prompt_ids, read_conditions_file
 from llm.sampling import HfSampler, Request, SamplingOptions, ServerSampler, VllmSampler, check_adapter_matches, generate
 from tokenization.conditions import validate_conditions
+from tokenization.record import detect_group
 
 from .records import SampleWriter, decode_sample, read_samples
 
@@ -37,6 +41,7 @@ class SampleJob:
     server_model: str | None = None  # name the server knows the model/adapter by
     constrained: bool = False
     max_atoms: int = 80  # constrained decoding: at most this many atoms in the (conventional) cell
+    redraws: int = 0  # with sg=/lg=: draw again (new seed), up to this many times, while the detected group differs
     seed: int = 0
     batch_size: int = 256
     vacuum: float = 15.0
@@ -104,25 +109,17 @@ def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling")
         for start in range(0, len(todo), job.batch_size):
             batch = todo[start : start + job.batch_size]
-            outputs = generate(sampler, batch, job.options, adapter_index=0 if job.adapter else None, eos_token_id=tokenizer.eos_token_id)
-            rows = []
-            for request, output in zip(batch, outputs):
-                n_tokens += output.n_tokens
-                if output.truncated and request.grammar and output.error is None:
-                    # a text cut off at a line end can still parse, but it is not the crystal the grammar asked for
-                    output.error = f"cut off at max_tokens={job.options.max_tokens} before the grammar's end"
-                rows.append({
-                    "id": request.id,
-                    "prompt": tokenizer.decode(request.prompt_ids, skip_special_tokens=True),
-                    "conditions": request.conditions,
-                    "text": output.text,
-                    **(decode_sample(output.text, fmt, job.vacuum) if output.error is None else
-                       {"ok": False, "error": output.error, "cif": None, "dim": None, "group": None}),
-                    "n_tokens": output.n_tokens,
-                    "model": job.model,
-                    "adapter": job.adapter,
-                    "constrained": job.constrained,
-                })
+            rows = [None] * len(batch)
+            wanted = list(range(len(batch)))  # rows still to draw
+            for draw in range(1, job.redraws + 2):
+                retry = [replace(batch[i], seed=batch[i].seed + REDRAW_SEED_STEP * (draw - 1)) for i in wanted]
+                outputs = generate(sampler, retry, job.options, adapter_index=0 if job.adapter else None, eos_token_id=tokenizer.eos_token_id)
+                for i, request, output in zip(wanted, retry, outputs):
+                    n_tokens += output.n_tokens
+                    rows[i] = _row(job, fmt, tokenizer, request, output) | {"draws": draw}
+                wanted = [i for i in wanted if not honours_group(rows[i])]
+                if not wanted:
+                    break
             writer.write(rows)
             bar.update(len(batch))
         bar.close()
@@ -143,6 +140,48 @@ def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+REDRAW_SEED_STEP = 7919  # seed of draw k: the request's seed + k * this (resumable: the same draws again)
+
+
+def _row(job: SampleJob, fmt: str, tokenizer, request: Request, output) -> dict[str, Any]:
+    if output.truncated and request.grammar and output.error is None:
+        # a text cut off at a line end can still parse, but it is not the crystal the grammar asked for
+        output.error = f"cut off at max_tokens={job.options.max_tokens} before the grammar's end"
+    return {
+        "id": request.id,
+        "prompt": tokenizer.decode(request.prompt_ids, skip_special_tokens=True),
+        "conditions": request.conditions,
+        "text": output.text,
+        **(decode_sample(output.text, fmt, job.vacuum) if output.error is None else
+           {"ok": False, "error": output.error, "cif": None, "dim": None, "group": None}),
+        "n_tokens": output.n_tokens,
+        "model": job.model,
+        "adapter": job.adapter,
+        "constrained": job.constrained,
+    }
+
+
+def honours_group(row: dict[str, Any]) -> bool:
+    """Whether a sample's detected group (moyopy, symprec 0.1: the evaluation's test) is the one its prompt asked for.
+
+    A prompt without sg=/lg= always passes; an unparsed sample never does. The grammar fixes
+    the written group, but free coordinates near special values, or orbits that together have
+    more symmetry, can still give a supergroup."""
+    conditions = row["conditions"]
+    key = "sg" if "sg" in conditions else "lg" if "lg" in conditions else None
+    if key is None:
+        return True
+    if not row["ok"]:
+        return False
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            structure = Structure.from_str(row["cif"], fmt="cif")
+    except (ValueError, IndexError, KeyError):
+        return False
+    return detect_group(structure, 3 if key == "sg" else 2, symprec=0.1) == int(conditions[key])
 
 
 def make_sampler(job: SampleJob):

@@ -10,12 +10,13 @@ import sys
 import time
 
 import pytest
-from pymatgen.core import Structure
+from pymatgen.core import Lattice, Structure
+from pymatgen.io.cif import CifWriter
 
 from llm.sampling import SamplingOptions
 from pipelines.cli import main
 from pipelines.records import FIELDS, read_samples
-from pipelines.sample import SampleJob, make_sampler, run_sample
+from pipelines.sample import SampleJob, honours_group, make_sampler, run_sample
 
 
 def job(model, out, **kw) -> SampleJob:
@@ -120,6 +121,28 @@ def test_conditions_file(base_model, engine, tmp_path):
     bad.write_text("sg,band_gap\n225,1.0\n14,-3\n")
     with pytest.raises(ValueError, match="bad.csv, line 3: band_gap=-3"):
         run_sample(job(base_model[0], tmp_path / "o2", num_samples=1, conditions_file=str(bad)), sampler=engine)
+
+
+def test_redraws_until_the_detected_group_is_the_requested_one(base_model, engine, tmp_path):
+    once = run_sample(job(base_model[0], tmp_path / "once", num_samples=16, constrained=True, conditions={"sg": 221}), sampler=engine)
+    again = run_sample(job(base_model[0], tmp_path / "again", num_samples=16, constrained=True, conditions={"sg": 221}, redraws=2), sampler=engine)
+    first = {r["id"]: r for r in read_samples(tmp_path / "once" / "samples.jsonl")}
+    rows = list(read_samples(tmp_path / "again" / "samples.jsonl"))
+    assert once["samples"] == again["samples"] == 16 and all(first[r["id"]]["draws"] == 1 for r in rows)
+    for r in rows:  # a first draw in the group is kept as it was; a miss is drawn again, at most twice
+        assert (r["draws"] == 1) == honours_group(first[r["id"]])
+        assert honours_group(r) or r["draws"] == 3
+        if r["draws"] == 1:
+            assert r["text"] == first[r["id"]]["text"]
+    assert sum(map(honours_group, rows)) >= sum(map(honours_group, first.values()))
+
+
+def test_honours_group_is_the_evaluations_test():
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    row = {"ok": True, "cif": str(CifWriter(nacl)), "conditions": {"sg": 225}}
+    assert honours_group(row) and not honours_group({**row, "conditions": {"sg": 221}})
+    assert honours_group({**row, "conditions": {"elements": "Na,Cl"}})  # nothing asked of the group
+    assert not honours_group({"ok": False, "cif": None, "conditions": {"sg": 225}})
 
 
 def _free_port() -> int:
