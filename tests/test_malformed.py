@@ -43,6 +43,7 @@ WYCKOFF_CORPUS = [
     ("sg 225\na 5.6\nNa four", "is not a Wyckoff label"),
     ("sg 225\na 5.6\nO 24e 0.000", "atoms coincide"),  # strict by default
     ("sg 2x5\na 5.6\nNa 4a", "is not an integer"),
+    ("lg 1\na 3.158 b 5.458 gamma 107.21\nGe 1a 0.872 0.295 0.755\nN 1a 0.675 0.188 -129198", "z=-129198 Å is more than 50 Å"),  # a free sample that made c = 129 km
     ("speed=3\nsg 225\na 5.6\nNa 4a", "unknown condition 'speed'"),
     ("band_gap=-1\nsg 225\na 5.6\nNa 4a", "band_gap=-1 is out of range"),
     ("sg=225 lg=3\nsg 225\na 5.6\nNa 4a", "sg and lg together"),

@@ -33,6 +33,7 @@ from .symmetry import (
 
 DEFAULT_VACUUM = 15.0  # Å of vacuum along c for layers
 MIN_ORBIT_SEPARATION = 1e-2  # Å: closer images of one orbit mean the site collapsed
+MAX_LAYER_Z = 50.0  # Å from the mid-plane; the thickest training monolayer is 44 Å thick
 
 
 @dataclass
@@ -131,6 +132,10 @@ class CrystalRecord:
                 )
             if not all(math.isfinite(p) for p in site.params):
                 raise ParseError(f"site {i} ({site.element} {wp.label}): non-finite coordinate", site=i)
+            if self.dim == 2 and 2 in wp.free and abs(site.params[wp.free.index(2)]) > MAX_LAYER_Z:
+                z = site.params[wp.free.index(2)]
+                raise ParseError(f"site {i} ({site.element} {wp.label}): z={z:g} Å is more than {MAX_LAYER_Z:g} Å "
+                                 "from the layer's mid-plane", site=i)
 
     # ------------------------------------------------------------------ record -> structure
     def full_lattice_parameters(self, c: float | None = None) -> tuple[float, ...]:
