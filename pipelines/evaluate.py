@@ -68,14 +68,18 @@ def _cif_column(table: pd.DataFrame, csv: str | Path) -> str:
     raise ValueError(f"{csv}: no 'cif' (or 'cif_layer_std') column")
 
 
-def read_reference(csv: str | Path, num_proc: int) -> tuple[list[Structure], list[str], str]:
-    """Parsed structures (unreadable rows dropped), the CIF texts of those rows, and the column used."""
+def read_reference(csv: str | Path, num_proc: int) -> tuple[list[Structure], list[str], list[bool]]:
+    """Parsed structures (unreadable rows dropped), the CIF texts of those rows, and which are monolayers.
+
+    A row is a monolayer when the table's CIFs are `cif_layer_std` (2DMatPedia, MC2D) or its
+    `dim` column says 2 (the references `pipelines.training_data` writes, bulk and 2D mixed)."""
     table = pd.read_csv(csv)
     column = _cif_column(table, csv)
     cifs = table[column].tolist()
+    layer = [True] * len(table) if column == "cif_layer_std" else (table["dim"] == 2).tolist() if "dim" in table else [False] * len(table)
     parsed = _parse_many(cifs, num_proc, f"reading {Path(csv).name}")
-    kept = [(s, c) for s, c in zip(parsed, cifs) if s is not None]
-    return [s for s, _ in kept], [c for _, c in kept], column
+    kept = [(s, c, is2d) for s, c, is2d in zip(parsed, cifs, layer) if s is not None]
+    return [s for s, _, _ in kept], [c for _, c, _ in kept], [is2d for _, _, is2d in kept]
 
 
 def load_structures(csv: str | Path, num_proc: int) -> list[Structure]:
@@ -150,7 +154,7 @@ def evaluate(
     n = len(rows)
     structures = _parse_many([r.get("cif") if r.get("ok") else None for r in rows], num_proc, "reading samples")
     layer = [is_layer_sample(r) for r in rows]
-    ref, ref_cifs, ref_column = read_reference(reference, num_proc)
+    ref, ref_cifs, ref_layer = read_reference(reference, num_proc)
     result: dict[str, Any] = {k: None for k in METRIC_KEYS}
     not_computed: dict[str, str] = {}
     result["n_samples"] = n
@@ -169,11 +173,9 @@ def evaluate(
         bulk_refs: list[Structure] = []
         layer_refs: list[Structure] = []
         for t in train or []:
-            structs, _, column = read_reference(t, num_proc)
-            if column == "cif_layer_std":
-                layer_refs += [x for x in (_as_layer(s) for s in structs) if x is not None]
-            else:
-                bulk_refs += structs
+            structs, _, is_layer = read_reference(t, num_proc)
+            layer_refs += [x for x in (_as_layer(s) for s, is2d in zip(structs, is_layer) if is2d) if x is not None]
+            bulk_refs += [s for s, is2d in zip(structs, is_layer) if not is2d]
         index = M.ReferenceIndex(bulk_refs)
         index_2d = M.ReferenceIndex(layer_refs)
         lattices = M.LatticeIndex(pd.concat([pd.read_csv(t) for t in train_meta])) if train_meta else None
@@ -191,7 +193,7 @@ def evaluate(
     result["wdist_n_elements"] = M.wdist([len(s.composition.elements) for s in valid], [len(s.composition.elements) for s in ref])
     if coverage:
         struct_cut, comp_cut = C.cutoffs(coverage_cutoffs)
-        ref_struct, ref_comp = C.reference_fingerprints(reference, ref_cifs, num_proc, column=ref_column, use_cache=use_cache)
+        ref_struct, ref_comp = C.reference_fingerprints(reference, ref_cifs, num_proc, column=_cif_column(pd.read_csv(reference, nrows=0), reference), use_cache=use_cache)
         # the protocol: valid samples only; CDVAE's script itself fingerprints every constructed sample
         covered = [s for s in structures if s is not None] if coverage_all_parsed else valid
         fp_struct, fp_comp = C.fingerprints(covered, num_proc, desc="coverage fingerprints")
@@ -210,7 +212,8 @@ def evaluate(
     result["p1_rate"] = sum(g == 1 for g in parsed_groups) / n
     result["n_reference"] = len(ref)
     plots: dict[str, Any] = {}
-    result.update(_layer_metrics(rows, structures, ref if ref_column == "cif_layer_std" else None, unique, novel, plots))
+    layer_refs_heldout = [s for s, is2d in zip(ref, ref_layer) if is2d]
+    result.update(_layer_metrics(rows, structures, layer_refs_heldout or None, unique, novel, plots))
     sample_labels = [label for r, s in zip(rows, structures) if s is not None for label in _wyckoff_of(r, s)]
     ref_labels = [label for s in tqdm(ref, desc="reference Wyckoff sites", leave=False) for label in _wyckoff_of({}, s)]
     result["wyckoff_jsd"] = M.distribution_jsd(sample_labels, ref_labels) if sample_labels and ref_labels else None

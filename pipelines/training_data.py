@@ -139,7 +139,8 @@ def heldout_reference(split: str, data: Path = DEFAULT_DATA, splits: Splits | No
     if split == MP20_SPLIT:
         frames = [pd.read_csv(_source_path(data, n)) for n in MP20_KEYS]
         df = pd.concat(frames).drop_duplicates("material_id")
-        return df[df["material_id"].astype(str).isin(set(splits.mp20["material_id"]))].reset_index(drop=True)
+        df = df[df["material_id"].astype(str).isin(set(splits.mp20["material_id"]))].reset_index(drop=True)
+        return df.assign(dim=3)
     if split == TWOD_SPLIT:
         parts = []
         for name in TWOD_SOURCES:
@@ -150,7 +151,7 @@ def heldout_reference(split: str, data: Path = DEFAULT_DATA, splits: Splits | No
             part["key"] = (name + ":" + ids)[keep].to_numpy()
             part["cif"] = part["cif_layer_std"]  # the layer cell (vacuum along c) is what the models write
             parts.append(part[["key", "cif", "formula"] + [c for c in ("band_gap_eV",) if c in part]])
-        return pd.concat(parts).reset_index(drop=True)
+        return pd.concat(parts).reset_index(drop=True).assign(dim=2)  # `dim`: xtallm evaluate reads them as monolayers
     raise ValueError(f"unknown split {split!r}: {MP20_SPLIT} or {TWOD_SPLIT}")
 
 
@@ -309,7 +310,7 @@ def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None 
             df = pd.read_csv(_source_path(data, name))
             if "cif_layer_std" in df:
                 df["cif"] = df["cif_layer_std"]
-            frames.append(df[["cif"]])
+            frames.append(df[["cif"]].assign(dim=2 if name in TWOD_SOURCES else 3))
         pd.concat(frames).to_csv(ref / f"train_{mix}.csv.gz", index=False)
     (out / "pretok" / f"build_report_{'_'.join(only) or 'none'}.json").write_text(json.dumps(report, indent=2))
     return report

@@ -188,6 +188,29 @@ def test_monolayers_matched_at_common_vacuum(tmp_path):
     assert pd.read_csv(ref).shape[0] == 20
 
 
+def test_mixed_reference_tables_with_a_dim_column(tmp_path):
+    """The references `pipelines.training_data` writes (`cif` + `dim`, bulk and 2D rows mixed, held-out
+    monolayers with dim=2): monolayer rows are 2D references, so a copy of one is not novel."""
+    import pandas as pd
+
+    from pipelines.training_data import TWOD_SPLIT, heldout_reference
+
+    layers = read_shared("twod/2dmatpedia_5914.csv.xz", n=6, seed=9)
+    bulk = read_shared("mp20/val.csv.xz", n=6, seed=9)
+    train = tmp_path / "train_joint.csv"
+    pd.concat([bulk[["cif"]].assign(dim=3), layers[["cif_layer_std"]].rename(columns={"cif_layer_std": "cif"}).assign(dim=2)]).to_csv(train, index=False)
+    ref = tmp_path / "heldout2d.csv"
+    layers[["cif_layer_std"]].rename(columns={"cif_layer_std": "cif"}).assign(dim=2).to_csv(ref, index=False)
+    rows = [{"id": f"l{i}", "ok": True, "cif": cif, "dim": 2, "group": None} for i, cif in enumerate(layers.cif_layer_std)]
+    rows += [{"id": f"b{i}", "ok": True, "cif": cif, "dim": 3, "group": None} for i, cif in enumerate(bulk.cif)]
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = evaluate(samples, ref, [train], num_proc=1, coverage=False)
+    assert r["novelty_2d"] == 0.0 and r["novelty"] == 0.0 and r["n_train_reference_2d"] == 6
+    assert r["wdist_thickness"] is not None and r["wdist_thickness"] < 1e-3  # thickness vs the held-out monolayers
+    assert set(heldout_reference(TWOD_SPLIT)["dim"]) == {2}
+
+
 def test_big_formula_bucket_filter_is_exact():
     """Novelty in a 60-polymorph bucket (carbon_24): the primitive-size filter gives the matcher's own answer."""
     cells = [Structure.from_str(c, fmt="cif") for c in read_shared("carbon_24/val.csv.xz", n=80, seed=3).cif]
