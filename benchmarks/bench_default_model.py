@@ -97,7 +97,7 @@ def evaluate(args) -> None:
     stab = Path(args.stability) if args.stability else None
     for name, path in SETS.items():
         cmd = ["xtallm", "evaluate", str(work / path), "--reference", str(REF / "mp20-heldout-v1.csv.gz"),
-               "--train", str(REF / "train_bulk.csv.gz"), "--train-meta", str(DATA / "mp20/train_meta_no_positions.csv.xz"),
+               "--train", str(REF / "train_bulk.csv.gz"), "--train-meta", str(REF / "train_meta_mp20.csv.gz"),
                "--num-proc", str(args.num_proc), "--out", str(work / f"eval_{name}")]
         if stab is not None:
             cmd += ["--hull", str(stab / "hull.csv"), "--relaxed", str(stab / f"relaxed_{name}.jsonl")]

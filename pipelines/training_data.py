@@ -155,6 +155,23 @@ def heldout_reference(split: str, data: Path = DEFAULT_DATA, splits: Splits | No
     raise ValueError(f"unknown split {split!r}: {MP20_SPLIT} or {TWOD_SPLIT}")
 
 
+def trained_rows(data: Path, name: str, splits: Splits, num_proc: int | None = None) -> pd.DataFrame:
+    """`cif` and `dim` of the rows of one source that training kept: the novelty reference.
+
+    The held-out crystals and their same-material duplicates are not training data, so a sample
+    that reproduces one counts as novel; rows the encoder could not read were not trained on either."""
+    from tokenization.data import ID_COLUMNS
+
+    keys = prepared(data, name, num_proc)
+    kept = set(keys["id"][~splits.excluded(keys)].astype(str))
+    df = pd.read_csv(_source_path(data, name))
+    id_col = next((c for c in ID_COLUMNS if c in df.columns), None)  # as tokenization.data assigns ids
+    ids = df[id_col].astype(str) if id_col else pd.Series(range(len(df))).astype(str)
+    df = df[ids.isin(kept).to_numpy()]
+    cif = df["cif_layer_std"] if "cif_layer_std" in df else df["cif"]
+    return pd.DataFrame({"cif": cif.to_numpy(), "dim": 2 if name in TWOD_SOURCES else 3})
+
+
 def training_rows(data: Path, sources: tuple[str, ...], splits: Splits, num_proc: int | None = None):
     """The encoded rows of `sources` minus the held-out crystals, as one `datasets.Dataset`."""
     import datasets
@@ -304,14 +321,10 @@ def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None 
     ref.mkdir(parents=True, exist_ok=True)
     for split in (MP20_SPLIT, TWOD_SPLIT):
         heldout_reference(split, data, splits).to_csv(ref / f"{split}.csv.gz", index=False)
-    for mix, sources in MIXES.items():  # novelty references: every training row of the mix, with its CIF
-        frames = []
-        for name in sources:
-            df = pd.read_csv(_source_path(data, name))
-            if "cif_layer_std" in df:
-                df["cif"] = df["cif_layer_std"]
-            frames.append(df[["cif"]].assign(dim=2 if name in TWOD_SOURCES else 3))
-        pd.concat(frames).to_csv(ref / f"train_{mix}.csv.gz", index=False)
+    for mix, sources in MIXES.items():  # novelty references: the rows each mix trains on, with their CIFs
+        pd.concat([trained_rows(data, name, splits, num_proc) for name in sources]).to_csv(ref / f"train_{mix}.csv.gz", index=False)
+    meta = pd.read_csv(data / "mp20" / "train_meta_no_positions.csv.xz")  # MP-20 train cells without positions
+    meta[~meta["material_id"].astype(str).isin(set(splits.mp20["material_id"]))].to_csv(ref / "train_meta_mp20.csv.gz", index=False)
     (out / "pretok" / f"build_report_{'_'.join(only) or 'none'}.json").write_text(json.dumps(report, indent=2))
     return report
 

@@ -11,7 +11,7 @@ import pytest
 
 from llm.config import DataConfig
 from llm.data import CrystalExamples, PretokenizedExamples, is_pretokenized
-from pipelines.training_data import MP20_SPLIT, TWOD_SPLIT, SPLIT_DIR, Splits, pretokenize, read_splits, split_fraction
+from pipelines.training_data import MP20_SPLIT, TWOD_SPLIT, SPLIT_DIR, Splits, pretokenize, read_splits, split_fraction, trained_rows
 from tests.conftest import REPO
 from tokenization.data import prepare_dataset
 from tokenization.tokenizer import build_crystal_tokenizer
@@ -42,6 +42,20 @@ def test_heldout_materials_are_excluded_from_every_source():
     rows.loc[3, "id"], rows.loc[3, "source"] = key["id"], key["source"]
     # same id in another source, same material (formula+group) from another database, unrelated, held-out 2D key
     assert rows.pipe(splits.excluded).tolist() == [True, True, False, True]
+
+
+def test_novelty_reference_is_what_training_kept(tmp_path):
+    """A held-out crystal is not training data: the novelty reference leaves it out (and gives dim)."""
+    splits = read_splits()
+    held = splits.mp20.iloc[0]
+    table = pd.read_csv(BULK_EXAMPLES).head(6)
+    table.loc[0, "material_id"] = held["material_id"]  # this row is now the held-out crystal
+    (tmp_path / "mp20").mkdir()
+    table.to_csv(tmp_path / "mp20" / "val.csv.xz", index=False)
+    reference = trained_rows(tmp_path, "mp20_val", splits, num_proc=1)
+    kept = set(table["cif"][1:])
+    assert set(reference["cif"]) <= kept and len(reference) >= 4 and set(reference["dim"]) == {3}
+    assert table["cif"][0] not in set(reference["cif"])
 
 
 def test_pretokenized_examples_are_the_training_draws(tmp_path):
