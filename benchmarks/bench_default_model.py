@@ -26,7 +26,6 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA = ROOT.parent / "shared" / "data"
 REF = ROOT / ".devdata" / "ref"
 SETS = {"llm": "gen/llm/samples.jsonl", "refined": "gen/samples.jsonl"}
@@ -46,7 +45,7 @@ def stability_inputs(args) -> None:
     import numpy as np
     import pandas as pd
 
-    from pipelines.records import read_samples
+    from xtallm.pipelines.samples import read_jsonl as read_samples
 
 
     work = Path(args.work)

@@ -26,7 +26,6 @@ from pathlib import Path
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
 DATA = Path(os.environ.get("XTALLM_SHARED_DATA", ROOT.parent / "shared" / "data"))
 RESULTS = ROOT / "benchmarks" / "results"
 
@@ -39,8 +38,8 @@ def _machine() -> dict:
 
 
 def bench_metrics(args) -> dict:
-    from pipelines import coverage as C
-    from pipelines.evaluate import evaluate
+    from xtallm.pipelines.evaluation import coverage as C
+    from xtallm.pipelines.evaluation import evaluate
 
     parts = [pd.read_csv(DATA / "mp20/train_partial.csv.xz"), pd.read_csv(DATA / "mpts52/val.csv.xz"), pd.read_csv(DATA / "mpts52/test.csv.xz")]
     cifs = pd.concat([p[["cif"]] for p in parts]).cif.tolist()[: args.n_samples]
@@ -74,7 +73,7 @@ def bench_metrics(args) -> dict:
 def bench_relax(args) -> dict:
     from pymatgen.core import Structure
 
-    from pipelines import stability as S
+    from xtallm.pipelines.evaluation import stability as S
 
     warnings.filterwarnings("ignore")
     source = DATA / "mp20/val.csv.xz"
@@ -86,7 +85,7 @@ def bench_relax(args) -> dict:
     for s in structures:
         s.perturb(0.05)
         s.scale_lattice(s.volume * 1.03 ** 3)
-    from pipelines.relax import relax_many
+    from xtallm.pipelines.evaluation.relax import relax_many
 
     device = args.device or S.default_device()
     if args.workers == 1:

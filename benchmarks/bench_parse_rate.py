@@ -13,14 +13,12 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from collections import Counter
 
-from llm.sampling import SamplingOptions
-from pipelines.records import read_samples
-from pipelines.sample import SampleJob, make_sampler, run_sample
-from tokenization.conditions import parse_condition_args
+from xtallm.pipelines.samples import read_jsonl as read_samples
+from xtallm.pipelines.sample import SampleJob, SampleOptions, make_sampler, run_sample
+from xtallm.tokenization.conditions import parse_condition_args
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,13 +32,13 @@ def main() -> None:
     args = parser.parse_args()
     conditions = parse_condition_args(args.condition)
     work = Path(tempfile.mkdtemp(prefix="parse-rate-"))
-    base = SampleJob(model=args.model, out=str(work / "unused"), options=SamplingOptions())
+    base = SampleJob(str(work / "unused"), options=SampleOptions(model=args.model))
     engine = make_sampler(base)
     results = {"model": args.model, "conditions": conditions, "num_samples": args.num_samples}
     for constrained in (False, True):
         out = work / ("constrained" if constrained else "free")
-        job = SampleJob(model=args.model, out=str(out), num_samples=args.num_samples, conditions=conditions,
-                        constrained=constrained, options=SamplingOptions())
+        job = SampleJob(str(out), num_samples=args.num_samples, conditions=conditions,
+                        options=SampleOptions(model=args.model, constrained=constrained))
         summary = run_sample(job, sampler=engine)
         # "ParseError: line 3: site 1: ..." -> the message without the line number
         errors = Counter(r["error"].split(": ", 2)[-1][:60] for r in read_samples(out / "samples.jsonl") if not r["ok"])

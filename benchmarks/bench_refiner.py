@@ -20,23 +20,22 @@ import sys
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
 
-from refiner.checkpoint import load_refiner
-from refiner.crystal import collate, lattice_matrix, site_noise, wrap_sites
-from refiner.data import load_arrays_with_records
-from refiner.diffusion import SamplerOptions, refine
-from refiner.lattice import project_k
+from xtallm.refiner.checkpoint import load_refiner
+from xtallm.refiner.crystal import collate, lattice_matrix, site_noise, wrap_sites
+from xtallm.refiner.data import load_arrays_with_records
+from xtallm.refiner.diffusion import SamplerOptions, refine
+from xtallm.refiner.lattice import project_k
 
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "benchmarks" / "results"
 
 
 def prepare(args) -> None:
-    from refiner.data import HeldOut, build_arrays, save_arrays
+    from xtallm.refiner.data import HeldOut, build_arrays, save_arrays
 
     data = Path(args.data)
     parts = [
@@ -105,7 +104,7 @@ def measure_speed(refiner, crystals, device, args) -> list[dict]:
     """Structures/s of refine_records' work: --speed-n crystals drawn from the held-out size
     distribution, sorted by size and batched as refine_records batches them (size_batches), a full
     `steps`-step chain (tau = 1), with and without the CUDA-graph step."""
-    from refiner.refine import size_batches
+    from xtallm.refiner.refine import size_batches
 
     rng = np.random.default_rng(0)
     chosen = sorted((crystals[i] for i in rng.integers(0, len(crystals), args.speed_n)), key=lambda c: c.n_atoms)
@@ -138,7 +137,7 @@ def measure_speed(refiner, crystals, device, args) -> list[dict]:
 def sweep(args) -> None:
     """Sampler settings x tau on the held-out set, scored in array space (fast, no pymatgen):
     RMS Cartesian displacement to the truth after removing the mean shift (origin freedom), in Å."""
-    from refiner.crystal import expand, minimum_image
+    from xtallm.refiner.crystal import expand, minimum_image
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     refiner = load_refiner(args.checkpoint, device)
@@ -182,8 +181,8 @@ def score(args) -> None:
 
     from pymatgen.analysis.structure_matcher import StructureMatcher
 
-    from refiner.crystal import arrays_to_record
-    from tokenization.record import CrystalRecord, detect_group
+    from xtallm.refiner.crystal import arrays_to_record
+    from xtallm.tokenization.record import CrystalRecord, detect_group
 
     warnings.simplefilter("ignore")
     crystals, ids, records = load_arrays_with_records(args.heldout)
@@ -250,7 +249,7 @@ def mlff_energies(name: str, found, records, dims, limit: int) -> dict:
     """Mean MLFF energy per atom (single points) of truth, degraded and refined bulk crystals."""
     from pymatgen.io.ase import AseAtomsAdaptor
 
-    from tokenization.record import CrystalRecord
+    from xtallm.tokenization.record import CrystalRecord
 
     calc = _calculator(name)
     bulk = [i for i in range(len(records)) if dims[i] == 3][:limit]

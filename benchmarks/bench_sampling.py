@@ -19,7 +19,6 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 
@@ -29,9 +28,9 @@ REPO = Path(__file__).resolve().parents[1]
 def random_default_model(folder: Path) -> Path:
     from transformers import LlamaForCausalLM
 
-    from llm.config import load_config
-    from llm.model import scratch_config
-    from tokenization.tokenizer import build_crystal_tokenizer
+    from xtallm.llm.config import load_config
+    from xtallm.llm.model import scratch_config
+    from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
     tok = build_crystal_tokenizer()
     recipe = load_config(REPO / "configs" / "llm" / "crystal_lm_small.yaml")

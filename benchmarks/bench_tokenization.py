@@ -20,11 +20,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from tokenization import get_format
-from tokenization.check import roundtrip_many, summarize
-from tokenization.data import PrepareOptions, prepare_dataset
-from tokenization.formats import parse_cif
-from tokenization.tokenizer import build_crystal_tokenizer
+from xtallm.tokenization import get_format
+from xtallm.tokenization.check import roundtrip_many, summarize
+from xtallm.tokenization.data import PrepareOptions, prepare_dataset
+from xtallm.tokenization.formats import parse_cif
+from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
 ROUND_TRIP_SETS = [
     ("MP-20 val", "mp20/val.csv.xz", "cif", 3),

@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+
+from xtallm.llm.model import PRETRAINED_DIR
+from xtallm.pipelines.release import ship, to_bf16
 
 RECIPE = "configs/llm/xtallm_default.yaml"
 LORA_RECIPE = "configs/llm/xtallm_lg_lora.yaml"
@@ -39,8 +41,6 @@ MIX_FOLDERS = {"joint": ("bulk", "wbm", "2d"), "bulk": ("bulk", "wbm"), "2d": ("
 MIX_DIMS = {"joint": [2, 3], "bulk": [3], "2d": [2]}
 MIX_ORDER = ("joint", "bulk", "2d")  # the default first: it ships even if a later run failed
 SAMPLE_SETS = {"joint": ("bulk", "2d", "cond"), "bulk": ("bulk",), "2d": ("2d",), "lora": ("2d",)}
-DEFAULT_NAME = "xtallm-crystal-11m"
-ADAPTER_NAME = "xtallm-crystal-11m-lg-lora"
 
 
 # ---------------------------------------------------------------------- device side
@@ -48,7 +48,7 @@ ADAPTER_NAME = "xtallm-crystal-11m-lg-lora"
 
 def tokens_per_step(folders: list[Path], batch_size: int, max_length: int) -> float:
     """Real (unpadded) tokens in one packed batch, from the same bins finetune.py builds."""
-    from llm.data import PackedExamples, PretokenizedExamples
+    from xtallm.llm.data import PackedExamples, PretokenizedExamples
 
     examples = PretokenizedExamples([str(f) for f in folders], max_length, train=True)
     packed = PackedExamples(examples, max_length, seed=0)
@@ -184,7 +184,7 @@ def device(args: argparse.Namespace) -> int:
                                                                          [f"train.compile={str(compiled).lower()}", workers])))
             finish(f"train_{mix}")
         if (runs / "joint" / "config.json").exists():
-            to_bf16(runs / "joint", runs / "joint_bf16")
+            to_bf16(runs / "joint", runs / "joint_bf16")  # xtallm.pipelines.release
         # 3. the adapter (phase all) and the samples of the three models, concurrently
         if args.phase == "all" and (runs / "joint_bf16" / "config.json").exists():
             lora(runs / "joint_bf16")
@@ -228,25 +228,12 @@ def pack(runs: Path, out: Path, name: str = "mix", part_mib: int = 15, keep_weig
     print(f"packed {len(data) / 2**20:.1f} MiB into {math.ceil(len(data) / size)} part(s)", flush=True)
 
 
-def to_bf16(src: Path, dst: Path, max_shard_size: str = "15MB") -> None:
-    """A copy of a saved model with bf16 weights in shards under 16 MiB (config, tokenizer, cards kept)."""
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(str(src), dtype=torch.bfloat16)
-    dst.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(str(dst), safe_serialization=True, max_shard_size=max_shard_size)
-    for f in src.iterdir():
-        if f.is_file() and not f.name.endswith(".safetensors") and f.name not in ("config.json", "model.safetensors.index.json"):
-            shutil.copy2(f, dst / f.name)
-
-
 def device_sample(args: argparse.Namespace) -> int:
     """Raw texts for prompt sets (ids built here on the CPU, so no tokenization package is needed)."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from llm.hf_generate import generate_ids
+    from xtallm.llm.hf_generate import generate_ids
 
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -264,11 +251,12 @@ def device_sample(args: argparse.Namespace) -> int:
         for k in range(0, len(rows), args.batch_size):
             chunk = rows[k : k + args.batch_size]
             results = generate_ids(model, tokenizer, [r["prompt_ids"] for r in chunk], max_new_tokens=args.max_new_tokens,
-                                   temperature=1.0, seed=args.seed + k, batch_size=args.batch_size)
-            for row, (text, n) in zip(chunk, results):
+                                   temperature=1.0, seeds=[args.seed + k + j for j in range(len(chunk))],
+                                   batch_size=args.batch_size)
+            for row, (text, n, _) in zip(chunk, results):
                 f.write(json.dumps({"id": row["id"], "conditions": row["conditions"], "set": row.get("set"), "text": text, "n_tokens": n}) + "\n")
             f.flush()
-            n_tokens += sum(n for _, n in results)
+            n_tokens += sum(n for _, n, _ in results)
             n_done += len(chunk)
             print(f"{n_done}/{len(rows)} samples, {time.perf_counter() - started:.1f} s", flush=True)
     elapsed = time.perf_counter() - started
@@ -297,14 +285,14 @@ def collect(args: argparse.Namespace) -> int:
             t.extractall(work, filter="data")
     decode_all(work)
     if args.ship:
-        ship(work, set(args.ship.split(",")))
+        ship(work, PRETRAINED_DIR, set(args.ship.split(",")))
     training_docs(work, ROOT / "docs" / "training")
     return 0
 
 
 def decode_all(work: Path) -> None:
     """Raw device texts -> `xtallm sample` schema, one folder per model and prompt set."""
-    from pipelines.records import decode_sample
+    from xtallm.pipelines.samples import decode_sample
 
     for raw in sorted(work.glob("samples_*.jsonl")):
         model = raw.stem.removeprefix("samples_").split("@")[0]  # samples_joint@2d.jsonl: another process, same model
@@ -318,56 +306,10 @@ def decode_all(work: Path) -> None:
                         continue
                     header = " ".join(f"{k}={v}" for k, v in r["conditions"].items())
                     f.write(json.dumps({"id": r["id"], "prompt": header, "conditions": r["conditions"], "text": r["text"],
-                                        **decode_sample(r["text"]), "n_tokens": r["n_tokens"], "model": model,
+                                        **{k: v for k, v in decode_sample(r["id"], r["text"]).to_json().items() if k in ("ok", "error", "cif", "dim", "group")},
+                                        "n_tokens": r["n_tokens"], "model": model,
                                         "adapter": None, "constrained": False, "set": r.get("set")}) + "\n")
             print(out)
-
-
-def ship(work: Path, what: set[str] = frozenset({"model", "adapter"})) -> None:
-    """The joint model and/or the adapter into llm/pretrained/ with portable cards and configs."""
-    from llm.card import write_model_card
-    from llm.config import load_config
-
-    dest = ROOT / "llm" / "pretrained"
-    model_dir, adapter_dir = dest / DEFAULT_NAME, dest / ADAPTER_NAME
-    pairs = []
-    if "model" in what and (work / "joint_bf16" / "config.json").exists():
-        pairs.append((work / "joint_bf16", model_dir))
-    if "adapter" in what and (work / "lora" / "adapter_config.json").exists():
-        pairs.append((work / "lora", adapter_dir))
-    for src, dst in pairs:
-        if dst.exists():
-            shutil.rmtree(dst)
-        dst.mkdir(parents=True)
-        for f in src.iterdir():
-            if f.is_file() and not f.name.startswith("events.") and f.name not in ("metrics.partial.json",):
-                shutil.copy2(f, dst / f.name)
-    shipped = [dst for _, dst in pairs]
-    if adapter_dir in shipped:
-        cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
-        cfg["base_model_name_or_path"] = DEFAULT_NAME  # portable: the loader resolves it to llm/pretrained/
-        (adapter_dir / "adapter_config.json").write_text(json.dumps(cfg, indent=2))
-    for folder, hub_name in [(f, n) for f, n in ((model_dir, DEFAULT_NAME), (adapter_dir, ADAPTER_NAME)) if f in shipped]:
-        config = load_config(folder / "finetune_config.yaml")
-        if folder == adapter_dir:
-            config.model.base = DEFAULT_NAME
-        config.hub.dataset_name = "MP-20 (train_partial+val), MPTS-52 val, perov_5 val, carbon_24 val, WBM 10k, 2DMatPedia, MC2D; held out: mp20-heldout-v1, twod-heldout-v1"
-        config.save(folder / "finetune_config.yaml")
-        metrics = json.loads((folder / "metrics.json").read_text())
-        card = write_model_card(folder, config, metrics)
-        steps, planned = metrics.get("steps"), metrics.get("planned_steps")
-        note = (f"\n## Training run\n\nOne H100 (bf16{', compiled' if config.train.compile else ''}, packed 64 x 512-token rows), "
-                f"{metrics.get('parameters', 0) / 1e6:.1f}M parameters ({metrics.get('trainable_parameters', 0) / 1e6:.2f}M trained), "
-                f"{steps} optimizer steps in {metrics.get('train_seconds', 0):.0f} s"
-                + (f" (stopped by the time limit; {planned} planned)" if metrics.get("time_limit_reached") else "")
-                + f"; held-out eval loss {metrics.get('initial_eval_loss', 0):.3f} -> {metrics.get('final_eval_loss', 0):.3f}. "
-                "Held-out splits: `mp20-heldout-v1`, `twod-heldout-v1` (configs/data/ in the xtallm repository). "
-                "Logs and loss curves: docs/training/. Weights are bf16; `llm.model.load_default_model()` loads them "
-                "as fp32 on CPU.\n")
-        card.write_text(card.read_text() + note)
-        info = json.loads((folder / "xtallm.json").read_text())
-        info["base_model"] = config.model.base
-        (folder / "xtallm.json").write_text(json.dumps(info, indent=2))
 
 
 def training_docs(work: Path, docs: Path) -> None:
@@ -448,8 +390,8 @@ def layer_group_stats(folder: Path) -> dict:
     layer groups) and `heldout` (groups of twod-heldout-v1), and how many of the 80 groups got a match."""
     import warnings
 
-    from tokenization.formats import parse_cif
-    from tokenization.record import detect_group
+    from xtallm.tokenization.formats import parse_cif
+    from xtallm.tokenization.record import detect_group
 
     rows = [json.loads(line) for line in (folder / "samples.jsonl").read_text().splitlines() if line.strip()]
     stats: dict = {}

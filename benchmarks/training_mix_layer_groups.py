@@ -1,10 +1,9 @@
 """Per-layer-group match (uniform prompts) and conditional accuracy of decoded samples in runs/mix2/eval -> benchmarks/results/training_mix_v2_layer_groups.json. Run from the repo root."""
 import json, sys, warnings, statistics
 from collections import defaultdict
-sys.path.insert(0, "/work/main")
-from tokenization.formats import parse_cif
-from tokenization.record import detect_group
-from pipelines import metrics as M
+from xtallm.tokenization.formats import parse_cif
+from xtallm.tokenization.record import detect_group
+from xtallm.pipelines.evaluation import metrics as M
 out = {}
 for name in ["joint_2d", "2d_2d", "joint_cond"]:
     rows = [json.loads(l) for l in open(f"runs/mix2/eval/{name}/samples.jsonl")]

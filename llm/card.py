@@ -65,7 +65,7 @@ xtallm to write crystal structures as `{config.data.fmt}` text.
 prompt = tok.bos_token + "dim=3 sg=225\\n"   # or just tok.bos_token for unconditional samples
 ids = tok(prompt, add_special_tokens=False, return_tensors="pt").input_ids
 text = tok.decode(model.generate(ids, do_sample=True, max_new_tokens=512)[0, ids.shape[1]:], skip_special_tokens=True)
-import tokenization; structure = tokenization.decode(text, fmt={config.data.fmt!r})
+from xtallm import tokenization; structure = tokenization.decode(text, fmt={config.data.fmt!r})
 ```
 
 Training recipe: `finetune_config.yaml` in this folder.

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
+from xtallm.configs.recipe import load_recipe, save_recipe
 
 
 @dataclass
@@ -122,57 +122,7 @@ class FinetuneConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
-
-
-def _build(cls, values: dict[str, Any], where: str):
-    if not isinstance(values, dict):
-        raise ValueError(f"{where}: expected a mapping, got {values!r}")
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    kwargs = {}
-    for key, value in values.items():
-        if key not in fields:
-            raise ValueError(f"{where}.{key}: unknown setting; known: {', '.join(fields)}")
-        default = fields[key].default_factory() if fields[key].default_factory is not dataclasses.MISSING else fields[key].default
-        if dataclasses.is_dataclass(default):
-            kwargs[key] = _build(type(default), value or {}, f"{where}.{key}")
-        elif isinstance(default, tuple) and isinstance(value, list):
-            kwargs[key] = tuple(value)
-        elif isinstance(default, float) and isinstance(value, (str, int)) and not isinstance(value, bool):
-            try:  # YAML reads 1e-4 (no dot) as a string
-                kwargs[key] = float(value)
-            except ValueError:
-                raise ValueError(f"{where}.{key}: {value!r} is not a number") from None
-        else:
-            kwargs[key] = value
-    return cls(**kwargs)
-
-
-def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
-    keys = dotted.split(".")
-    node = tree
-    for k in keys[:-1]:
-        node = node.setdefault(k, {})
-        if not isinstance(node, dict):
-            raise ValueError(f"override {dotted}: {k} is not a section")
-    node[keys[-1]] = value
-
-
-def load_recipe(cls: type, path: str | Path | None, overrides: list[str] | None = None):
-    """Any recipe dataclass from YAML + `section.key=value` overrides (values parsed as YAML: 1e-4, true, [a, b]).
-
-    Shared by the fine-tuning and refiner recipes, so both read and override the same way.
-    """
-    tree: dict[str, Any] = {}
-    if path is not None:
-        text = Path(path).read_text()
-        tree = yaml.safe_load(text) or {}
-    for item in overrides or []:
-        key, sep, raw = item.partition("=")
-        if not sep:
-            raise ValueError(f"override {item!r}: expected section.key=value")
-        _set_dotted(tree, key.strip(), yaml.safe_load(raw))
-    return _build(cls, tree, "config")
+        save_recipe(self, path)
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> FinetuneConfig:

@@ -30,7 +30,7 @@ def load_sources(sources: list[str], cfg: DataConfig):
     """Concatenate prepared datasets: folders from `xtallm data prepare`, or tables (prepared and cached)."""
     import datasets
 
-    from tokenization.data import PrepareOptions, prepare_dataset
+    from xtallm.tokenization.data import PrepareOptions, prepare_dataset
 
     parts = []
     for source in sources:
@@ -49,7 +49,7 @@ def load_sources(sources: list[str], cfg: DataConfig):
 
 def prompt_text(conditions: dict[str, Any]) -> str:
     """The prompt a model sees before the crystal: a header line, or nothing."""
-    from tokenization import format_header
+    from xtallm.tokenization import format_header
 
     header = format_header(conditions)
     return header + "\n" if header else ""
@@ -70,7 +70,7 @@ class CrystalExamples(torch.utils.data.Dataset):
         self.seed = seed
         self.train = train
         self.epoch = 0
-        from tokenization import get_format
+        from xtallm.tokenization import get_format
 
         self.fmt = get_format(cfg.fmt) if cfg.fmt in ("wyckoff", "xyz") else None
         self.texts = rows["text"]
@@ -104,8 +104,8 @@ class CrystalExamples(torch.utils.data.Dataset):
                 conditions = {k: v for k, v in conditions.items() if k in always or rng.random() < self.cfg.condition_keep_prob}
         body = self.texts[i]
         if self.train and self.cfg.augment and self.fmt is not None and not all_conditions:
-            from tokenization.augment import augmented_text
-            from tokenization.record import CrystalRecord
+            from xtallm.tokenization.augment import augmented_text
+            from xtallm.tokenization.record import CrystalRecord
 
             record = CrystalRecord.from_dict(json.loads(self.records[i]))
             body = augmented_text(record, self.fmt, rng)

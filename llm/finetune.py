@@ -13,13 +13,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-if __package__ in (None, ""):  # `accelerate launch llm/finetune.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
@@ -27,26 +26,12 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from llm.card import write_model_card
-from llm.config import FinetuneConfig, load_config
-from llm.data import PackedExamples, build_examples, collate
-from llm.hf_generate import sample_texts
-from llm.model import count_parameters, load_model, load_tokenizer, save_xtallm_config
-
-
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    def __init__(self) -> None:
-        self.step = 0  # optimizer steps done
-        self.epoch = 0
-        self.batches_in_epoch = 0  # micro-batches of the current epoch already consumed
-
-    def state_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+from xtallm.configs.training import Progress, TimeLimit, flat, latest_checkpoint, load_checkpoint, mixed_precision, save_checkpoint
+from xtallm.llm.card import write_model_card
+from xtallm.llm.config import FinetuneConfig, load_config
+from xtallm.llm.data import PackedExamples, build_examples, collate
+from xtallm.llm.hf_generate import sample_texts
+from xtallm.llm.model import count_parameters, load_model, load_tokenizer, save_xtallm_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -56,22 +41,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints in output_dir")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-4")
     return parser.parse_args(argv)
-
-
-def mixed_precision(setting: str) -> str:
-    if setting != "auto":
-        return setting
-    if torch.cuda.is_available():
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
-
-
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    checkpoints = sorted(
-        (p for p in (output_dir / "checkpoints").glob("step_*") if (p / "progress.json").exists()),
-        key=lambda p: int(p.name.split("_")[1]),
-    )
-    return checkpoints[-1] if checkpoints else None
 
 
 def build_optimizer(model, config: FinetuneConfig) -> torch.optim.Optimizer:
@@ -99,8 +68,8 @@ def evaluate_loss(model, loader, accelerator: Accelerator) -> float:
 
 def parse_rate(model, tokenizer, config: FinetuneConfig, accelerator: Accelerator) -> float:
     """Share of unconditional samples that decode into a crystal (main process only)."""
-    from tokenization import get_format
-    from tokenization.errors import XtallmError
+    from xtallm.tokenization import get_format
+    from xtallm.tokenization.errors import XtallmError
 
     fmt = get_format(config.data.fmt)
     texts = sample_texts(
@@ -122,17 +91,6 @@ def parse_rate(model, tokenizer, config: FinetuneConfig, accelerator: Accelerato
     return ok / max(len(texts), 1)
 
 
-def save_checkpoint(accelerator: Accelerator, progress: Progress, output_dir: Path, keep: int) -> None:
-    path = output_dir / "checkpoints" / f"step_{progress.step:08d}"
-    accelerator.save_state(str(path))
-    if accelerator.is_main_process:
-        (path / "progress.json").write_text(json.dumps(progress.state_dict()))
-        old = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: p.name)[:-keep]
-        for p in old:
-            shutil.rmtree(p, ignore_errors=True)
-    accelerator.wait_for_everyone()
-
-
 def save_final(model, tokenizer, config: FinetuneConfig, metrics: dict, accelerator: Accelerator, output_dir: Path) -> None:
     accelerator.wait_for_everyone()
     unwrapped = accelerator.unwrap_model(model)
@@ -149,7 +107,37 @@ def save_final(model, tokenizer, config: FinetuneConfig, metrics: dict, accelera
     accelerator.wait_for_everyone()
 
 
-def train(config: FinetuneConfig, resume: bool = True) -> dict:
+@dataclass
+class Run:
+    """One training run, set up: what the loop touches."""
+
+    config: FinetuneConfig
+    accelerator: Accelerator
+    tokenizer: Any
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    train_loader: Any
+    eval_loader: Any
+    train_set: Any
+    eval_set: Any
+    total_steps: int
+    progress: Progress = field(default_factory=Progress)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.train.output_dir)
+
+    def checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            (self.output_dir / "metrics.partial.json").write_text(json.dumps(self.metrics))
+        save_checkpoint(self.accelerator, self.output_dir, self.progress, self.model, self.optimizer, self.scheduler,
+                        keep=self.config.train.keep_checkpoints)
+
+
+def setup(config: FinetuneConfig) -> Run:
+    """Accelerator, tokenizer, data, model, optimizer and schedule of a recipe (nothing trained yet)."""
     tc = config.train
     output_dir = Path(tc.output_dir)
     trackers = [t for t in tc.report_to if t != "wandb" or _has("wandb")]
@@ -164,22 +152,14 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     set_seed(tc.seed)
     output_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = load_tokenizer(config.model, config.data.max_length)
-
     train_set, eval_set = build_examples(config.data, tokenizer, tc.seed, accelerator.main_process_first)
     if config.data.packing:
         train_set = PackedExamples(train_set, config.data.max_length, tc.seed)
-    pad = tokenizer.pad_token_id
-    multiple = 16 if tc.compile else 1
+    pad, multiple = tokenizer.pad_token_id, 16 if tc.compile else 1
 
     def loader(dataset, shuffle: bool):
-        return torch.utils.data.DataLoader(
-            dataset,
-            batch_size=tc.batch_size,
-            shuffle=shuffle,
-            collate_fn=lambda b: collate(b, pad, multiple),
-            num_workers=tc.num_workers,
-            drop_last=False,
-        )
+        return torch.utils.data.DataLoader(dataset, batch_size=tc.batch_size, shuffle=shuffle, num_workers=tc.num_workers,
+                                           collate_fn=lambda b: collate(b, pad, multiple), drop_last=False)
 
     train_loader, eval_loader = loader(train_set, True), loader(eval_set, False)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(accelerator.mixed_precision)
@@ -188,134 +168,128 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     model, optimizer, train_loader, eval_loader = accelerator.prepare(model, optimizer, train_loader, eval_loader)
     if tc.compile:  # in place: the module (state-dict keys, unwrap, save) stays the same object
         model.compile(dynamic=True)
-
     steps_per_epoch = max(1, math.ceil(len(train_loader) / tc.grad_accum))
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * steps_per_epoch))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(
-        optimizer,
-        num_warmup_steps=int(tc.warmup_ratio * total_steps),
-        num_training_steps=total_steps,
-        min_lr_rate=tc.min_lr_ratio,
-    )
-    progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, progress)
+        optimizer, num_warmup_steps=int(tc.warmup_ratio * total_steps), num_training_steps=total_steps, min_lr_rate=tc.min_lr_ratio)
+    return Run(config, accelerator, tokenizer, model, optimizer, scheduler, train_loader, eval_loader, train_set, eval_set, total_steps)
 
-    checkpoint = latest_checkpoint(output_dir) if resume else None
+
+def _start(run: Run, resume: bool) -> None:
+    """Resume from the newest complete checkpoint (if asked), say what will run, set up metrics."""
+    accelerator, config = run.accelerator, run.config
+    checkpoint = latest_checkpoint(run.output_dir) if resume else None
     if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
-
-    total, trainable = count_parameters(accelerator.unwrap_model(model))
-    hparams = {k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))}
-    accelerator.init_trackers("xtallm", config=hparams)
+        load_checkpoint(accelerator, checkpoint, run.progress, run.model, run.optimizer, run.scheduler)
+        accelerator.print(f"resumed from {checkpoint} at step {run.progress.step}")
+    total, trainable = count_parameters(accelerator.unwrap_model(run.model))
+    accelerator.init_trackers("xtallm", config={k: v for k, v in flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
+    dropped = run.train_set.examples.dropped if isinstance(run.train_set, PackedExamples) else run.train_set.dropped
     accelerator.print(
-        f"{total / 1e6:.1f}M parameters ({trainable / 1e6:.2f}M trainable), {len(train_set)} training examples "
-        f"({train_set.examples.dropped if isinstance(train_set, PackedExamples) else train_set.dropped} longer than "
-        f"{config.data.max_length} tokens dropped), {len(eval_set)} held out, {total_steps} steps on "
+        f"{total / 1e6:.1f}M parameters ({trainable / 1e6:.2f}M trainable), {len(run.train_set)} training examples "
+        f"({dropped} longer than {config.data.max_length} tokens dropped), {len(run.eval_set)} held out, {run.total_steps} steps on "
         f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
     )
+    run.metrics = {"parameters": total, "trainable_parameters": trainable, "train_examples": len(run.train_set),
+                   "eval_examples": len(run.eval_set), "history": []}
+    partial = run.output_dir / "metrics.partial.json"
+    if checkpoint is not None and partial.exists():
+        run.metrics = json.loads(partial.read_text())
+    if run.progress.step == 0:
+        run.metrics["initial_eval_loss"] = evaluate_loss(run.model, run.eval_loader, accelerator)
 
-    metrics: dict = {"parameters": total, "trainable_parameters": trainable, "train_examples": len(train_set), "eval_examples": len(eval_set), "history": []}
-    if checkpoint is not None and (output_dir / "metrics.partial.json").exists():
-        metrics = json.loads((output_dir / "metrics.partial.json").read_text())
-    if progress.step == 0:
-        metrics["initial_eval_loss"] = evaluate_loss(model, eval_loader, accelerator)
-    bar = tqdm(total=total_steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process)
+
+def _after_step(run: Run, stop_at: int, window: dict) -> dict:
+    """Logs, evaluation, samples and checkpoints due after optimizer step `run.progress.step`."""
+    tc, accelerator, step = run.config.train, run.accelerator, run.progress.step
+    logs: dict = {}
+    if step % tc.log_every == 0 or step == stop_at:
+        mean_loss = accelerator.reduce(torch.stack(window["losses"]).mean(), reduction="mean").item()
+        elapsed = time.perf_counter() - window["started"]
+        logs.update(train_loss=mean_loss, lr=run.scheduler.get_last_lr()[0],
+                    tokens_per_s=int(window["tokens"]) * accelerator.num_processes / max(elapsed, 1e-9),
+                    epoch=run.progress.epoch + run.progress.batches_in_epoch / max(len(run.train_loader), 1))
+        window.update(losses=[], tokens=0, started=time.perf_counter())
+    if step % tc.eval_every == 0 or step == run.total_steps:
+        logs["eval_loss"] = evaluate_loss(run.model, run.eval_loader, accelerator)
+    if tc.sample_every and (step % tc.sample_every == 0 or step == run.total_steps) and accelerator.distributed_type.name != "FSDP":
+        logs["sample_parse_rate"] = parse_rate(run.model, run.tokenizer, run.config, accelerator) if accelerator.is_main_process else 0.0
+        accelerator.wait_for_everyone()
+    if logs:
+        accelerator.log(logs, step=step)
+        run.metrics["history"].append({"step": step, **logs})
+    if step % tc.save_every == 0 and step < run.total_steps:
+        run.checkpoint()
+    return logs
+
+
+def _loop(run: Run, stop_at: int, limit: TimeLimit) -> bool:
+    """Optimizer steps until `stop_at` (or the time limit: then True); resumes mid-epoch exactly."""
+    tc, accelerator, model, progress = run.config.train, run.accelerator, run.model, run.progress
+    bar = tqdm(total=run.total_steps, initial=progress.step, desc="training", disable=not accelerator.is_local_main_process)
+    window = {"losses": [], "tokens": 0, "started": time.perf_counter()}
     model.train()
-    running, tokens, started = [], 0, time.perf_counter()
-    stop_at = min(total_steps, tc.stop_after_steps or total_steps)
-    run_started, timed_out = time.perf_counter(), False
-
     while progress.step < stop_at:
-        train_set.set_epoch(progress.epoch)
-        train_loader.set_epoch(progress.epoch)
-        batches = train_loader
+        run.train_set.set_epoch(progress.epoch)
+        run.train_loader.set_epoch(progress.epoch)
+        batches = run.train_loader
         if progress.batches_in_epoch:
-            batches = accelerator.skip_first_batches(train_loader, progress.batches_in_epoch)
+            batches = accelerator.skip_first_batches(run.train_loader, progress.batches_in_epoch)
         for batch in batches:
             with accelerator.accumulate(model):
                 loss = model(**batch).loss
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and tc.max_grad_norm:
                     accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                run.optimizer.step()
+                run.optimizer.zero_grad(set_to_none=True)
             progress.batches_in_epoch += 1
-            running.append(loss.detach().float())
-            tokens = tokens + batch["attention_mask"].sum()  # a device tensor: no host sync every step
+            window["losses"].append(loss.detach().float())
+            window["tokens"] = window["tokens"] + batch["attention_mask"].sum()  # a device tensor: no host sync every step
             if not accelerator.sync_gradients:
                 continue
-            scheduler.step()
+            run.scheduler.step()
             progress.step += 1
             bar.update(1)
-            logs = {}
-            if progress.step % tc.log_every == 0 or progress.step == stop_at:
-                mean_loss = accelerator.reduce(torch.stack(running).mean(), reduction="mean").item()
-                elapsed = time.perf_counter() - started
-                logs.update(
-                    train_loss=mean_loss,
-                    lr=scheduler.get_last_lr()[0],
-                    tokens_per_s=int(tokens) * accelerator.num_processes / max(elapsed, 1e-9),
-                    epoch=progress.epoch + progress.batches_in_epoch / max(len(train_loader), 1),
-                )
-                running, tokens, started = [], 0, time.perf_counter()
-                bar.set_postfix(loss=f"{mean_loss:.4f}")
-            if progress.step % tc.eval_every == 0 or progress.step == total_steps:
-                logs["eval_loss"] = evaluate_loss(model, eval_loader, accelerator)
-            if tc.sample_every and (progress.step % tc.sample_every == 0 or progress.step == total_steps):
-                if accelerator.distributed_type.name != "FSDP":
-                    rate = parse_rate(model, tokenizer, config, accelerator) if accelerator.is_main_process else 0.0
-                    logs["sample_parse_rate"] = rate
-                    accelerator.wait_for_everyone()
-            if logs:
-                accelerator.log(logs, step=progress.step)
-                metrics["history"].append({"step": progress.step, **logs})
-            if progress.step % tc.save_every == 0 and progress.step < total_steps:
-                if accelerator.is_main_process:
-                    (output_dir / "metrics.partial.json").write_text(json.dumps(metrics))
-                save_checkpoint(accelerator, progress, output_dir, tc.keep_checkpoints)
-            if tc.time_limit_s and time.perf_counter() - run_started > tc.time_limit_s and progress.step < stop_at:
-                timed_out = True  # out of time: save what there is as the final model, say so in metrics
+            logs = _after_step(run, stop_at, window)
+            if limit.reached and progress.step < stop_at:  # out of time: the final model is what there is
                 if "eval_loss" not in logs:
-                    logs["eval_loss"] = evaluate_loss(model, eval_loader, accelerator)
+                    logs = {"eval_loss": evaluate_loss(model, run.eval_loader, accelerator)}
                     accelerator.log(logs, step=progress.step)
-                    metrics["history"].append({"step": progress.step, **logs})
-                break
+                    run.metrics["history"].append({"step": progress.step, **logs})
+                bar.close()
+                return True
             if progress.step >= stop_at:
                 break
         else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
-        if timed_out:
-            break
+            progress.next_epoch()
     bar.close()
+    return False
 
-    if progress.step < total_steps and not timed_out:  # stopped early on purpose: leave a checkpoint to resume from
-        if accelerator.is_main_process:
-            (output_dir / "metrics.partial.json").write_text(json.dumps(metrics))
-        save_checkpoint(accelerator, progress, output_dir, tc.keep_checkpoints)
+
+def train(config: FinetuneConfig, resume: bool = True) -> dict:
+    """Train (or resume) a recipe; returns the metrics (also metrics.json next to the final model)."""
+    run = setup(config)
+    _start(run, resume)
+    tc = config.train
+    limit = TimeLimit(tc.time_limit_s)
+    timed_out = _loop(run, min(run.total_steps, tc.stop_after_steps or run.total_steps), limit)
+    metrics, accelerator = run.metrics, run.accelerator
+    if run.progress.step < run.total_steps and not timed_out:  # stopped early on purpose: leave a checkpoint to resume from
+        run.checkpoint()
         accelerator.end_training()
         return metrics
     evals = [h["eval_loss"] for h in metrics["history"] if "eval_loss" in h]
     parses = [h["sample_parse_rate"] for h in metrics["history"] if "sample_parse_rate" in h]
     if timed_out:
-        metrics.update(time_limit_reached=True, planned_steps=total_steps)
-    metrics.update(steps=progress.step, train_seconds=time.perf_counter() - run_started, final_eval_loss=evals[-1] if evals else None, final_sample_parse_rate=parses[-1] if parses else None)
-    save_final(model, tokenizer, config, metrics, accelerator, output_dir)
+        metrics.update(time_limit_reached=True, planned_steps=run.total_steps)
+    metrics.update(steps=run.progress.step, train_seconds=limit.elapsed, final_eval_loss=evals[-1] if evals else None,
+                   final_sample_parse_rate=parses[-1] if parses else None)
+    save_final(run.model, run.tokenizer, config, metrics, accelerator, run.output_dir)
     if accelerator.is_main_process:
-        (output_dir / "metrics.partial.json").unlink(missing_ok=True)
+        (run.output_dir / "metrics.partial.json").unlink(missing_ok=True)
     accelerator.end_training()
     return metrics
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def _has(module: str) -> bool:
@@ -323,15 +297,22 @@ def _has(module: str) -> bool:
 
     return importlib.util.find_spec(module) is not None
 
-
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    try:
+        return _main(args)
+    except (ValueError, OSError) as exc:  # bad recipe, data or checkpoint: one line, no traceback
+        print(f"llm/finetune.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
     if args.push_to_hub:
         config.hub.push_to_hub = args.push_to_hub
     metrics = train(config, resume=not args.no_resume)
     if config.hub.push_to_hub and metrics.get("steps"):
-        from llm.card import push_to_hub
+        from xtallm.llm.card import push_to_hub
 
         url = push_to_hub(config.train.output_dir, config.hub.push_to_hub, private=config.hub.private)
         print(f"pushed to {url}")

@@ -33,7 +33,7 @@ from typing import Any
 from pymatgen.core import Composition
 from pymatgen.core.periodic_table import Element
 
-from tokenization.symmetry import ANGLES, N_GROUPS, GroupTable, get_group
+from xtallm.tokenization.symmetry import ANGLES, N_GROUPS, GroupTable, get_group
 
 ELEMENTS = tuple(sorted((el.symbol for el in Element if el.Z <= 103), key=lambda s: (-len(s), s)))
 
@@ -177,8 +177,8 @@ def _breaking_positions(dim: int, number: int) -> frozenset[int] | None:
     at least one line on a breaking position (returned as indices); None: no such need."""
     if dim != 2:
         return None
-    from tokenization.formats import WyckoffFormat
-    from tokenization.record import detect_group
+    from xtallm.tokenization.formats import WyckoffFormat
+    from xtallm.tokenization.record import detect_group
 
     table = get_group(dim, number)
     values = {"a": 4.7, "b": 5.9, "alpha": 97.0, "beta": 97.0, "gamma": 97.0}

@@ -10,10 +10,8 @@ import shutil
 import sys
 from pathlib import Path
 
-if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llm.model import XTALLM_CONFIG
+from xtallm.llm.model import XTALLM_CONFIG
 
 
 def merge(adapter: str | Path, out: str | Path, base: str | None = None, max_shard_size: str = "2GB") -> Path:

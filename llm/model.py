@@ -17,7 +17,7 @@ def load_tokenizer(model_cfg: ModelConfig, max_length: int) -> PreTrainedTokeniz
     if model_cfg.tokenizer:  # a saved tokenizer: no pymatgen needed (pretokenized training on a bare GPU box)
         return AutoTokenizer.from_pretrained(model_cfg.tokenizer, model_max_length=max_length)
     if model_cfg.base == "from_scratch":
-        from tokenization.tokenizer import build_crystal_tokenizer
+        from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
         return build_crystal_tokenizer(model_max_length=max_length)
     tok = AutoTokenizer.from_pretrained(model_cfg.base, trust_remote_code=model_cfg.trust_remote_code)
@@ -151,6 +151,54 @@ def default_adapter_path(task: str = "layer_group") -> Path:
     if not (path / "adapter_config.json").exists():
         raise FileNotFoundError(f"the shipped adapter {task!r} is missing at {path} (broken install?)")
     return path
+
+
+def local_model(name: str) -> str | None:
+    """The folder `name` means here: a shipped model or adapter by its name, or an existing folder; None otherwise."""
+    if name in (DEFAULT_MODEL, *DEFAULT_ADAPTERS.values()) and (PRETRAINED_DIR / name).is_dir():
+        return str(PRETRAINED_DIR / name)
+    path = Path(name).expanduser()
+    return str(path) if path.exists() else None
+
+
+def _hub_id(name: str) -> bool:
+    """`owner/name` that is not a local path: no leading ./ ~ or /, and its first part is no folder here."""
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~", "/"))
+            and not Path(parts[0]).exists() and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
+
+
+def resolve_model(name: str | None, what: str = "--model") -> str:
+    """The model a user named: None -> the embedded default; a folder; or a hub id they typed.
+
+    A path that does not exist is an error naming it, never a download: only a bare `owner/name`
+    whose owner is no folder here is taken as a hub id."""
+    if name is None:
+        return str(default_model_path())
+    local = local_model(name)
+    if local is not None:
+        if Path(local).is_dir() and not (Path(local) / "config.json").exists() and not (Path(local) / "adapter_config.json").exists():
+            raise FileNotFoundError(f"{what} {name}: the folder holds no model (no config.json)")
+        return local
+    if _hub_id(name):
+        return name
+    raise FileNotFoundError(f"{what} {name}: no such folder (and not a hub id like owner/name)")
+
+
+def resolve_adapter(name: str | None) -> str | None:
+    """An adapter folder, a shipped adapter by task (`layer_group`) or name, or a hub id the user typed."""
+    if name is None:
+        return None
+    if name in DEFAULT_ADAPTERS:
+        return str(default_adapter_path(name))
+    local = local_model(name)
+    if local is not None:
+        if not Path(local, "adapter_config.json").exists():
+            raise FileNotFoundError(f"--adapter {name}: not a LoRA adapter folder (no adapter_config.json)")
+        return local
+    if _hub_id(name):
+        return name
+    raise FileNotFoundError(f"--adapter {name}: no such folder, shipped adapter ({', '.join(DEFAULT_ADAPTERS)}) or hub id")
 
 
 def load_default_model(adapter: str | None = None, device: str | None = None, dtype: torch.dtype | None = None):

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from transformers import PreTrainedTokenizerBase
 
-from tokenization.conditions import ConditionError, validate_conditions
+from xtallm.tokenization.conditions import ConditionError, validate_conditions
 
 from .data import prompt_text
 
@@ -43,7 +42,3 @@ def prompt_ids(tokenizer: PreTrainedTokenizerBase, conditions: dict[str, Any]) -
     bos = [tokenizer.bos_token_id] if tokenizer.bos_token_id is not None else []
     text = prompt_text(conditions)
     return bos + (tokenizer(text, add_special_tokens=False)["input_ids"] if text else [])
-
-
-def is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not (isinstance(value, float) and math.isnan(value))

@@ -1,19 +1,22 @@
-"""Sampling backends: vLLM's offline engine (default), Hugging Face `generate`, or a running
-OpenAI-compatible server (`vllm serve`). All take the same requests and return raw texts.
+"""Sampling backends behind one interface: vLLM's offline engine (default), Hugging Face
+`generate`, or a running OpenAI-compatible server (`vllm serve`). All take the same requests and
+return raw texts; `SAMPLERS` maps a backend name to its class (a new backend: a class with
+`start` and `generate`, plus one line there).
 
-A request carries its own seed, so a sample is the same whichever batch it lands in: a
-resumed run regenerates exactly the samples that are missing.
+A request carries its own seed, so a sample is the same whichever batch it lands in (on every
+backend): a resumed run regenerates exactly the samples that are missing.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
-from transformers import AutoConfig, AutoTokenizer
+from xtallm.configs.recipe import option
 
 from .grammar import without_group
 
@@ -32,14 +35,26 @@ class Request:
 
 @dataclass
 class SamplingOptions:
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 768
-    tensor_parallel_size: int = 1
-    data_parallel_size: int = 1
-    dtype: str = "auto"
-    extra: dict[str, Any] = field(default_factory=dict)
+    """Decoding and engine settings, declared once for every backend and command."""
+
+    temperature: float = option(1.0, "sampling temperature (0: greedy)")
+    top_p: float = option(1.0, "nucleus sampling: keep the smallest token set with this probability mass")
+    top_k: int = option(0, "keep only the k most likely tokens (0: all)")
+    max_tokens: int = option(768, "tokens per sample at most (capped by the model's training length)")
+    tensor_parallel_size: int = option(1, "vLLM: GPUs one model is split over")
+    data_parallel_size: int = option(1, "vLLM: engine replicas, one per GPU group")
+    dtype: str = option("auto", "vLLM weight/activation dtype (auto, bfloat16, float16, float32)")
+    server: str | None = option(None, "backend server: http://HOST:PORT of an OpenAI-compatible server (vllm serve)")
+    server_model: str | None = option(None, "backend server: the model or LoRA module name the server knows")
+    extra: dict[str, Any] = option(factory=dict, help="more vLLM engine arguments (YAML/overrides only)", flag=False)
+
+    def check(self) -> None:
+        if self.temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
+        if self.top_k < 0 or self.max_tokens < 1 or self.tensor_parallel_size < 1 or self.data_parallel_size < 1:
+            raise ValueError("top_k must be >= 0; max_tokens, tensor_parallel_size and data_parallel_size >= 1")
 
 
 @dataclass
@@ -51,31 +66,54 @@ class Output:
     truncated: bool = False  # stopped by max_tokens, not by the model (or the grammar's end)
 
 
-def adapter_base(adapter: str) -> str | None:
-    """The base model an adapter names in its adapter_config.json (local folder or hub id)."""
-    from huggingface_hub import hf_hub_download
+class Sampler(Protocol):
+    """What a backend does: texts for requests, each drawn with the request's own seed."""
 
+    def generate(self, requests: list[Request], options: SamplingOptions | None = None,
+                 adapter_index: int | None = None) -> list[Output]: ...
+
+
+def adapter_base(adapter: str) -> str | None:
+    """The base model an adapter names in its adapter_config.json (a local folder or a hub id the user typed)."""
     path = Path(adapter, "adapter_config.json")
     if not path.exists():
+        from huggingface_hub import hf_hub_download
+
         path = Path(hf_hub_download(adapter, "adapter_config.json"))
     return json.loads(path.read_text()).get("base_model_name_or_path")
 
 
 def check_adapter_matches(model: str, adapter: str) -> None:
-    """Refuse an adapter trained on another architecture before any sampling starts."""
+    """Refuse an adapter trained on another architecture before any sampling starts.
+
+    The adapter's named base is looked up locally only (a shipped model by its name, a folder, or
+    the hub cache): it was not typed by the user, so it is never fetched. When it is nowhere
+    here, a warning says the check was skipped (shapes are still checked when the adapter loads)."""
+    from transformers import AutoConfig
+
+    from .model import local_model
+
     base = adapter_base(adapter)
     if not base or os.path.abspath(base) == os.path.abspath(model) or base == model:
         return
+    local = local_model(base)
     try:
-        expected = AutoConfig.from_pretrained(base)
+        expected = AutoConfig.from_pretrained(local or base, local_files_only=True)
     except (OSError, ValueError):
-        return  # the named base is not available here; shapes are checked when the adapter loads
-    actual = AutoConfig.from_pretrained(model)
+        warnings.warn(f"adapter {adapter} names base {base!r}, which is not available locally: the base check is skipped "
+                      "(the adapter's shapes are checked when it loads)", stacklevel=2)
+        return
+    actual = AutoConfig.from_pretrained(model, local_files_only=Path(model).exists())
     keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
     diff = {k: (getattr(expected, k, None), getattr(actual, k, None)) for k in keys if getattr(expected, k, None) != getattr(actual, k, None)}
     if diff:
         detail = ", ".join(f"{k}: adapter's base {a} vs model {b}" for k, (a, b) in diff.items())
         raise ValueError(f"adapter {adapter} was trained on {base}, which does not match model {model} ({detail})")
+
+
+def _adapter_rank(adapter: str) -> int:
+    path = Path(adapter, "adapter_config.json")
+    return int(json.loads(path.read_text()).get("r", 8)) if path.exists() else 8
 
 
 class VllmSampler:
@@ -96,12 +134,16 @@ class VllmSampler:
         if options.data_parallel_size > 1:
             kwargs["data_parallel_size"] = options.data_parallel_size
         if adapters:
-            ranks = [json.loads(Path(a, "adapter_config.json").read_text()).get("r", 8) for a in adapters if Path(a, "adapter_config.json").exists()]
-            kwargs.update(enable_lora=True, max_loras=len(adapters), max_lora_rank=max(ranks + [8]))
+            kwargs.update(enable_lora=True, max_loras=len(adapters), max_lora_rank=max([_adapter_rank(a) for a in adapters] + [8]))
         kwargs.update(options.extra)
         self.llm = LLM(**kwargs)
         self.adapters = adapters or []
         self.options = options
+
+    @classmethod
+    def start(cls, model: str, adapters: list[str] | None, options: SamplingOptions, max_model_len: int, seed: int = 0,
+              batch_size: int = 256) -> "VllmSampler":
+        return cls(model, adapters, options, max_model_len, seed)
 
     def generate(self, requests: list[Request], options: SamplingOptions | None = None, adapter_index: int | None = None) -> list[Output]:
         from vllm import SamplingParams
@@ -131,13 +173,18 @@ class VllmSampler:
             for c in (res.outputs[0] for res in results)
         ]
 
+    def close(self) -> None:
+        shutdown = getattr(getattr(self.llm.llm_engine, "engine_core", None), "shutdown", None)
+        if shutdown:
+            shutdown()
+
 
 class HfSampler:
-    """transformers `generate`, batched with left padding; adapters through PEFT."""
+    """transformers `generate`, batched with left padding; adapters through PEFT; one RNG per request."""
 
     def __init__(self, model: str, adapters: list[str] | None, options: SamplingOptions, batch_size: int = 64):
         import torch
-        from transformers import AutoModelForCausalLM
+        from transformers import AutoModelForCausalLM, AutoTokenizer
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
@@ -156,18 +203,23 @@ class HfSampler:
         self.batch_size = batch_size
         self.device = device
 
+    @classmethod
+    def start(cls, model: str, adapters: list[str] | None, options: SamplingOptions, max_model_len: int, seed: int = 0,
+              batch_size: int = 256) -> "HfSampler":
+        return cls(model, adapters, options, batch_size=min(batch_size, 256))
+
     def generate(self, requests: list[Request], options: SamplingOptions | None = None, adapter_index: int | None = None) -> list[Output]:
         from .hf_generate import generate_ids
 
         if any(r.grammar for r in requests):
-            raise ValueError("constrained decoding needs the vllm backend (structured outputs)")
+            raise ValueError("constrained decoding needs the vllm or server backend (structured outputs)")
         o = options or self.options
         results = generate_ids(
             self.model, self.tokenizer, [r.prompt_ids for r in requests], max_new_tokens=o.max_tokens,
-            temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seed=requests[0].seed if requests else None,
+            temperature=o.temperature, top_p=o.top_p, top_k=o.top_k, seeds=[r.seed for r in requests],
             batch_size=self.batch_size,
         )
-        return [Output(text, n) for text, n in results]
+        return [Output(text, n, truncated=truncated) for text, n, truncated in results]
 
 
 class ServerSampler:
@@ -178,6 +230,14 @@ class ServerSampler:
         self.model_name = model_name
         self.options = options
         self.timeout = timeout
+
+    @classmethod
+    def start(cls, model: str, adapters: list[str] | None, options: SamplingOptions, max_model_len: int, seed: int = 0,
+              batch_size: int = 256) -> "ServerSampler":
+        if not options.server:
+            raise ValueError("--backend server needs --server http://HOST:PORT")
+        name = options.server_model or (Path(adapters[0]).name if adapters else model)
+        return cls(options.server, name, options)
 
     def generate(self, requests: list[Request], options: SamplingOptions | None = None, adapter_index: int | None = None) -> list[Output]:
         import requests as http
@@ -198,7 +258,10 @@ class ServerSampler:
             if r.grammar:
                 body["structured_outputs"] = {"grammar": r.grammar}
                 body["return_token_ids"] = True
-            reply = http.post(f"{self.url}/v1/completions", json=body, timeout=self.timeout)
+            try:
+                reply = http.post(f"{self.url}/v1/completions", json=body, timeout=self.timeout)
+            except http.RequestException as exc:
+                raise RuntimeError(f"server {self.url}: {type(exc).__name__}: {exc}") from None
             if reply.status_code != 200:
                 raise RuntimeError(f"server {self.url} answered {reply.status_code}: {reply.text[:500]}")
             choice = reply.json()["choices"][0]
@@ -206,6 +269,18 @@ class ServerSampler:
             outputs.append(Output(choice["text"], int(usage.get("completion_tokens", 0)), choice.get("token_ids"),
                                   truncated=choice.get("finish_reason") == "length"))
         return outputs
+
+
+# backend name -> class with `start(model, adapters, options, max_model_len, seed, batch_size)` and `generate`
+SAMPLERS: dict[str, type] = {"vllm": VllmSampler, "hf": HfSampler, "server": ServerSampler}
+
+
+def start_sampler(backend: str, model: str, adapters: list[str] | None, options: SamplingOptions, max_model_len: int,
+                  seed: int = 0, batch_size: int = 256) -> Sampler:
+    """The backend's sampler, started (an engine start can take a while)."""
+    if backend not in SAMPLERS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(SAMPLERS)}")
+    return SAMPLERS[backend].start(model, adapters, options, max_model_len, seed=seed, batch_size=batch_size)
 
 
 def generate(

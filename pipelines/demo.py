@@ -11,10 +11,10 @@ import json
 from importlib import resources
 from pathlib import Path
 
-import tokenization
-from tokenization.check import roundtrip_many
-from tokenization.data import PrepareOptions
-from tokenization.tokenizer import build_crystal_tokenizer
+from xtallm import tokenization
+from xtallm.tokenization.check import roundtrip_many
+from xtallm.tokenization.data import PrepareOptions
+from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
 from .prepare import prepare
 
@@ -22,7 +22,7 @@ EXAMPLES = {"bulk": "bulk_examples.csv", "layers": "layer_examples.csv"}
 
 
 def example_path(name: str) -> Path:
-    return Path(str(resources.files("tokenization.examples") / EXAMPLES[name]))
+    return Path(str(resources.files("xtallm.tokenization.examples") / EXAMPLES[name]))
 
 
 def run_demo(out: str | Path, num_proc: int | None = None) -> dict:

@@ -10,67 +10,81 @@ from __future__ import annotations
 
 import json
 import time
-import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
-from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from llm.grammar import GrammarOptions, header_grammar, two_phase, wyckoff_grammar
-from llm.model import read_xtallm_config
-from llm.prompts import check_supported, prompt_ids, read_conditions_file
-from llm.sampling import HfSampler, Request, SamplingOptions, ServerSampler, VllmSampler, check_adapter_matches, generate
-from tokenization.conditions import validate_conditions
-from tokenization.record import detect_group
+from xtallm.configs.recipe import option
+from xtallm.llm.grammar import GrammarOptions, header_grammar, two_phase, wyckoff_grammar
+from xtallm.llm.model import read_xtallm_config, resolve_adapter, resolve_model
+from xtallm.llm.prompts import check_supported, prompt_ids, read_conditions_file
+from xtallm.llm.sampling import SAMPLERS, Output, Request, Sampler, SamplingOptions, check_adapter_matches, generate, start_sampler
+from xtallm.tokenization import get_format
+from xtallm.tokenization.conditions import validate_conditions
+from xtallm.tokenization.record import DEFAULT_VACUUM, detect_group
 
-from .records import SampleWriter, decode_sample, read_samples
+from .samples import FIELDS, Sample, SampleWriter, decode_sample, read_cif, read_samples
+
+REDRAW_SEED_STEP = 7919  # seed of draw k: the request's seed + k * this (resumable: the same draws again)
+
+
+@dataclass
+class SampleOptions(SamplingOptions):
+    """Everything `xtallm sample` (and the sample stage of `xtallm generate`) takes, declared once."""
+
+    model: str | None = option(None, "model folder or hub id (default: the embedded xtallm crystal LM)")
+    adapter: str | None = option(None, "LoRA adapter folder or hub id, or layer_group for the shipped adapter")
+    backend: str = option("vllm", "sampling backend", choices=tuple(SAMPLERS))
+    constrained: bool = option(False, "grammar-constrained decoding: every sample parses and honours sg/lg/elements/formula")
+    max_atoms: int = option(80, "constrained: at most this many atoms in the conventional cell")
+    redraws: int = option(0, "with sg=/lg=: draw a sample again (up to N times) while its detected group differs")
+    seed: int = option(0, "base seed; every sample's own seed derives from it")
+    batch_size: int = option(256, "requests per engine call and per write to samples.jsonl")
+    vacuum: float = option(DEFAULT_VACUUM, "Å of vacuum along c in monolayer cells")
+
+    def check(self) -> None:
+        super().check()
+        if self.max_atoms < 1 or self.redraws < 0 or self.batch_size < 1 or self.vacuum < 0:
+            raise ValueError("max_atoms and batch_size must be >= 1, redraws and vacuum >= 0")
 
 
 @dataclass
 class SampleJob:
-    model: str
     out: str
     num_samples: int = 100  # per prompt
-    adapter: str | None = None
     conditions: dict[str, Any] = field(default_factory=dict)
     conditions_file: str | None = None
-    backend: str = "vllm"  # vllm | hf | server
-    server: str | None = None
-    server_model: str | None = None  # name the server knows the model/adapter by
-    constrained: bool = False
-    max_atoms: int = 80  # constrained decoding: at most this many atoms in the (conventional) cell
-    redraws: int = 0  # with sg=/lg=: draw again (new seed), up to this many times, while the detected group differs
-    seed: int = 0
-    batch_size: int = 256
-    vacuum: float = 15.0
-    options: SamplingOptions = field(default_factory=SamplingOptions)
+    options: SampleOptions = field(default_factory=SampleOptions)
 
 
-def model_info(job: SampleJob) -> dict[str, Any]:
-    """Text format, conditions and dims the model was trained with (adapter's wins)."""
-    info = read_xtallm_config(job.model)
-    if job.adapter and Path(job.adapter, "xtallm.json").exists():
-        info = read_xtallm_config(job.adapter)
+def model_info(model: str, adapter: str | None) -> dict[str, Any]:
+    """Text format, conditions and dims the model was trained with (the adapter's win)."""
+    info = read_xtallm_config(model)
+    if adapter and Path(adapter, "xtallm.json").exists():
+        info = read_xtallm_config(adapter)
     return info
 
 
-def build_requests(job: SampleJob, tokenizer, info: dict[str, Any]) -> list[Request]:
+def build_requests(job: SampleJob, model: str, adapter: str | None, tokenizer, info: dict[str, Any]) -> list[Request]:
+    if job.num_samples < 1:
+        raise ValueError(f"--num-samples must be at least 1, got {job.num_samples}")
     sets = read_conditions_file(job.conditions_file) if job.conditions_file else [validate_conditions(job.conditions)]
+    o = job.options
     requests = []
     for p, conditions in enumerate(sets):
-        check_supported(conditions, info.get("conditions"), job.adapter or job.model)
+        check_supported(conditions, info.get("conditions"), adapter or model)
         if "dim" in conditions and conditions["dim"] not in info.get("dims", [2, 3]):
-            raise ValueError(f"{job.adapter or job.model} was not trained on dim={conditions['dim']} crystals")
+            raise ValueError(f"{adapter or model} was not trained on dim={conditions['dim']} crystals")
         ids = prompt_ids(tokenizer, conditions)
         grammar, after_group = None, None
-        if job.constrained:
-            if info.get("fmt", "wyckoff") != "wyckoff":
+        if o.constrained:
+            if not get_format(info.get("fmt", "wyckoff")).states_symmetry:
                 raise ValueError("--constrained needs a model trained on the wyckoff format")
-            grammar, after_group = constraint_grammars(conditions, info.get("dims"), job.max_atoms)
+            grammar, after_group = constraint_grammars(conditions, info.get("dims"), o.max_atoms)
         for k in range(job.num_samples):
-            seed = job.seed * 1_000_003 + p * 100_003 + k
+            seed = o.seed * 1_000_003 + p * 100_003 + k
             requests.append(Request(f"p{p}-{k}", conditions, ids, seed=seed, grammar=grammar, grammar_after_group=after_group))
     return requests
 
@@ -88,126 +102,129 @@ def constraint_grammars(conditions: dict[str, Any], dims: list[int] | None, max_
     return header_grammar(conditions, dims, options), after_group
 
 
-def run_sample(job: SampleJob, sampler=None) -> dict[str, Any]:
+def run_sample(job: SampleJob, sampler: Sampler | None = None) -> dict[str, Any]:
     """Sample, decode and append to `out/samples.jsonl`; `sampler` reuses a started engine."""
     from transformers import AutoTokenizer
 
-    if job.adapter:
-        check_adapter_matches(job.model, job.adapter)
-    info = model_info(job)
+    o = job.options
+    model, adapter = resolve_model(o.model), resolve_adapter(o.adapter)
+    if adapter:
+        check_adapter_matches(model, adapter)
+    info = model_info(model, adapter)
     fmt = info.get("fmt", "wyckoff")
-    max_len = context_length(job, info)
-    tokenizer = AutoTokenizer.from_pretrained(job.adapter if job.adapter and Path(job.adapter, "tokenizer_config.json").exists() else job.model)
-    requests = build_requests(job, tokenizer, info)  # validates everything before an engine starts
+    max_len = context_length(model, info)
+    o = replace(o, max_tokens=min(o.max_tokens, max_len - 64))
+    tokenizer = AutoTokenizer.from_pretrained(adapter if adapter and Path(adapter, "tokenizer_config.json").exists() else model)
+    requests = build_requests(job, model, adapter, tokenizer, info)  # validates everything before an engine starts
     out = Path(job.out)
     writer = SampleWriter(out / "samples.jsonl")
     todo = [r for r in requests if r.id not in writer.done]
     started = time.perf_counter()
     n_tokens = 0
     if todo:
-        sampler = sampler or _sampler(job, info)
+        sampler = sampler or start_sampler(o.backend, model, [adapter] if adapter else None, o, max_len, o.seed, o.batch_size)
         bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling")
-        for start in range(0, len(todo), job.batch_size):
-            batch = todo[start : start + job.batch_size]
-            rows = [None] * len(batch)
-            wanted = list(range(len(batch)))  # rows still to draw
-            for draw in range(1, job.redraws + 2):
-                retry = [replace(batch[i], seed=batch[i].seed + REDRAW_SEED_STEP * (draw - 1)) for i in wanted]
-                outputs = generate(sampler, retry, job.options, adapter_index=0 if job.adapter else None, eos_token_id=tokenizer.eos_token_id)
-                for i, request, output in zip(wanted, retry, outputs):
-                    n_tokens += output.n_tokens
-                    rows[i] = _row(job, fmt, tokenizer, request, output) | {"draws": draw}
-                wanted = [i for i in wanted if not honours_group(rows[i])]
-                if not wanted:
-                    break
+        for start in range(0, len(todo), o.batch_size):
+            batch = todo[start : start + o.batch_size]
+            rows, tokens = _draw(sampler, batch, o, fmt, tokenizer, model, adapter)
+            n_tokens += tokens
             writer.write(rows)
             bar.update(len(batch))
         bar.close()
     writer.close()
     elapsed = time.perf_counter() - started
-    rows = [r for r in read_samples(out / "samples.jsonl") if r["id"] in {q.id for q in requests}]
+    wanted = {q.id for q in requests}
+    rows = [r for r in read_samples(out / "samples.jsonl") if r.id in wanted]
     summary = {
         "samples": len(rows),
-        "parsed": sum(r["ok"] for r in rows),
-        "parse_rate": sum(r["ok"] for r in rows) / max(len(rows), 1),
+        "parsed": sum(r.ok for r in rows),
+        "parse_rate": sum(r.ok for r in rows) / max(len(rows), 1),
         "generated_now": len(todo),
         "seconds": elapsed,
         "samples_per_s": len(todo) / elapsed if todo and elapsed > 0 else None,
         "tokens_per_s": n_tokens / elapsed if todo and elapsed > 0 else None,
-        "backend": job.backend,
-        "constrained": job.constrained,
+        "backend": o.backend,
+        "constrained": o.constrained,
         "format": fmt,
+        "groups": _group_counts(rows),
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
-REDRAW_SEED_STEP = 7919  # seed of draw k: the request's seed + k * this (resumable: the same draws again)
+def _draw(sampler: Sampler, batch: list[Request], o: SampleOptions, fmt: str, tokenizer, model: str,
+          adapter: str | None) -> tuple[list[Sample], int]:
+    """One batch of samples, each drawn again (next seed of its sequence) while it misses its requested group."""
+    rows: list[Sample | None] = [None] * len(batch)
+    wanted = list(range(len(batch)))
+    n_tokens = 0
+    for draw in range(1, o.redraws + 2):
+        retry = [replace(batch[i], seed=batch[i].seed + REDRAW_SEED_STEP * (draw - 1)) for i in wanted]
+        outputs = generate(sampler, retry, o, adapter_index=0 if adapter else None, eos_token_id=tokenizer.eos_token_id)
+        for i, request, output in zip(wanted, retry, outputs):
+            n_tokens += output.n_tokens
+            rows[i] = _sample(o, fmt, tokenizer, request, output, model, adapter, draw)
+        wanted = [i for i in wanted if not honours_group(rows[i])]
+        if not wanted:
+            break
+    return rows, n_tokens  # type: ignore[return-value]
 
 
-def _row(job: SampleJob, fmt: str, tokenizer, request: Request, output) -> dict[str, Any]:
-    if output.truncated and request.grammar and output.error is None:
+def _sample(o: SampleOptions, fmt: str, tokenizer, request: Request, output: Output, model: str, adapter: str | None,
+            draw: int) -> Sample:
+    error = output.error
+    if error is None and output.truncated and request.grammar:
         # a text cut off at a line end can still parse, but it is not the crystal the grammar asked for
-        output.error = f"cut off at max_tokens={job.options.max_tokens} before the grammar's end"
-    return {
-        "id": request.id,
-        "prompt": tokenizer.decode(request.prompt_ids, skip_special_tokens=True),
-        "conditions": request.conditions,
-        "text": output.text,
-        **(decode_sample(output.text, fmt, job.vacuum) if output.error is None else
-           {"ok": False, "error": output.error, "cif": None, "dim": None, "group": None}),
-        "n_tokens": output.n_tokens,
-        "model": job.model,
-        "adapter": job.adapter,
-        "constrained": job.constrained,
-    }
+        error = f"cut off at max_tokens={o.max_tokens} before the grammar's end"
+    sample = decode_sample(request.id, output.text, fmt, o.vacuum) if error is None else Sample(request.id, text=output.text, error=error)
+    sample.prompt = tokenizer.decode(request.prompt_ids, skip_special_tokens=True)
+    sample.conditions = request.conditions
+    sample.n_tokens, sample.model, sample.adapter, sample.constrained, sample.draws = output.n_tokens, model, adapter, o.constrained, draw
+    return sample
 
 
-def honours_group(row: dict[str, Any]) -> bool:
+def _group_counts(rows: list[Sample]) -> dict[str, int]:
+    """How many parsed samples are in each group (`sg 225`: 12, ...), most common first."""
+    counts: dict[str, int] = {}
+    for r in rows:
+        if r.ok and r.group is not None:
+            counts[str(r.group)] = counts.get(str(r.group), 0) + 1
+    return dict(sorted(counts.items(), key=lambda kv: -kv[1]))
+
+
+def honours_group(sample: Sample | Mapping[str, Any]) -> bool:
     """Whether a sample's detected group (moyopy, symprec 0.1: the evaluation's test) is the one its prompt asked for.
 
     A prompt without sg=/lg= always passes; an unparsed sample never does. The grammar fixes
     the written group, but free coordinates near special values, or orbits that together have
-    more symmetry, can still give a supergroup."""
-    conditions = row["conditions"]
+    more symmetry, can still give a supergroup. Takes a Sample or its JSON row."""
+    if isinstance(sample, Mapping):
+        conditions, ok, cif = sample.get("conditions") or {}, sample.get("ok"), sample.get("cif")
+    else:
+        conditions, ok, cif = sample.conditions, sample.ok, sample.cif
     key = "sg" if "sg" in conditions else "lg" if "lg" in conditions else None
     if key is None:
         return True
-    if not row["ok"]:
-        return False
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = Structure.from_str(row["cif"], fmt="cif")
-    except (ValueError, IndexError, KeyError):
+    structure = read_cif(cif) if ok and cif else None
+    if structure is None:
         return False
     return detect_group(structure, 3 if key == "sg" else 2, symprec=0.1) == int(conditions[key])
 
 
-def make_sampler(job: SampleJob):
-    """The backend a job asks for (starting an engine can take a while)."""
-    return _sampler(job, model_info(job))
+def make_sampler(job: SampleJob) -> Sampler:
+    """The backend a job asks for, started (reused across run_sample calls)."""
+    o = job.options
+    model, adapter = resolve_model(o.model), resolve_adapter(o.adapter)
+    info = model_info(model, adapter)
+    return start_sampler(o.backend, model, [adapter] if adapter else None, o, context_length(model, info), o.seed, o.batch_size)
 
 
-def context_length(job: SampleJob, info: dict[str, Any]) -> int:
-    """Engine context: training length (+ room) within the model's positions; caps max_tokens."""
+def context_length(model: str, info: dict[str, Any]) -> int:
+    """Engine context: the training length (+ room), within the model's positions."""
     from transformers import AutoConfig
 
-    limit = getattr(AutoConfig.from_pretrained(job.model), "max_position_embeddings", None) or 4096
-    max_len = min(int(info.get("max_length", 768)) + 64, int(limit))
-    job.options.max_tokens = min(job.options.max_tokens, max_len - 64)
-    return max_len
+    limit = getattr(AutoConfig.from_pretrained(model), "max_position_embeddings", None) or 4096
+    return min(int(info.get("max_length", 768)) + 64, int(limit))
 
 
-def _sampler(job: SampleJob, info: dict[str, Any]):
-    max_len = context_length(job, info)
-    if job.backend == "vllm":
-        return VllmSampler(job.model, [job.adapter] if job.adapter else None, job.options, max_model_len=max_len, seed=job.seed)
-    if job.backend == "hf":
-        return HfSampler(job.model, [job.adapter] if job.adapter else None, job.options, batch_size=min(job.batch_size, 256))
-    if job.backend == "server":
-        if not job.server:
-            raise ValueError("--backend server needs --server http://HOST:PORT")
-        name = job.server_model or (Path(job.adapter).name if job.adapter else job.model)
-        return ServerSampler(job.server, name, job.options)
-    raise ValueError(f"unknown backend {job.backend!r}: vllm, hf or server")
+__all__ = ["FIELDS", "SampleJob", "SampleOptions", "run_sample", "make_sampler", "honours_group", "constraint_grammars"]

@@ -1,7 +1,7 @@
 """Training data for the embedded default models: held-out splits, data mixes, pretokenized sets.
 
-    python -m pipelines.training_data splits [--data ../shared/data]      # configs/data/*.csv (ids + rule)
-    python -m pipelines.training_data build  [--data ../shared/data] --out .devdata
+    python -m xtallm.pipelines.training_data splits --data ../shared/data      # configs/data/*.csv (ids + rule)
+    python -m xtallm.pipelines.training_data build  --data ../shared/data --out .devdata
 
 Held-out splits (named, versioned, deterministic, no RNG state involved):
 - `mp20-heldout-v1`: MP-20 rows (train_partial + val) whose key u = sha256("mp20-heldout-v1:" +
@@ -30,9 +30,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-ROOT = Path(__file__).resolve().parents[1]
-SPLIT_DIR = ROOT / "configs" / "data"
-DEFAULT_DATA = ROOT.parent / "shared" / "data"
+from importlib import resources
+
+SPLIT_DIR = Path(str(resources.files("xtallm.configs") / "data"))  # the committed split files (package data)
 
 MP20_SPLIT = "mp20-heldout-v1"
 TWOD_SPLIT = "twod-heldout-v1"
@@ -62,6 +62,17 @@ PRETOK_SETS = {
 MIX_FOLDERS = {"joint": ("bulk", "wbm", "2d"), "bulk": ("bulk", "wbm"), "2d": ("2d",), "lora_lg": ("lora_lg",)}
 
 
+def data_folder(data: str | Path | None = None) -> Path:
+    """The folder of source tables: `data`, else $XTALLM_DATA; an error naming both when neither is there."""
+    value = data if data is not None else os.environ.get("XTALLM_DATA")
+    if value is None:
+        raise FileNotFoundError("no data folder: pass --data (the team's shared/data) or set XTALLM_DATA")
+    path = Path(value)
+    if not path.is_dir():
+        raise FileNotFoundError(f"data folder {path}: no such folder")
+    return path
+
+
 def split_fraction(split: str, key: str) -> float:
     """A row's position in [0, 1) for `split`: a hash, so the split never depends on row order."""
     return int(hashlib.sha256(f"{split}:{key}".encode()).hexdigest()[:12], 16) / 16**12
@@ -83,7 +94,7 @@ def _source_path(data: Path, name: str) -> str:
 
 def prepared(data: Path, name: str, num_proc: int | None = None) -> pd.DataFrame:
     """Encoded rows of one source (tokenization.data cache) with the keys the split needs."""
-    from tokenization.data import PrepareOptions, prepare_dataset
+    from xtallm.tokenization.data import PrepareOptions, prepare_dataset
 
     ds = prepare_dataset(_source_path(data, name), PrepareOptions(), num_proc=num_proc).dataset
     df = ds.select_columns(["id", "dim", "group", "formula"]).to_pandas()
@@ -133,8 +144,9 @@ def read_splits(out: Path = SPLIT_DIR) -> Splits:
     return Splits(pd.read_csv(out / f"{MP20_SPLIT}.csv", dtype={"material_id": str}), pd.read_csv(out / f"{TWOD_SPLIT}.csv", dtype={"id": str}))
 
 
-def heldout_reference(split: str, data: Path = DEFAULT_DATA, splits: Splits | None = None) -> pd.DataFrame:
+def heldout_reference(split: str, data: Path | None = None, splits: Splits | None = None) -> pd.DataFrame:
     """The held-out crystals as a table with a `cif` column (for `xtallm evaluate --reference`)."""
+    data = data_folder(data)
     splits = splits or read_splits()
     if split == MP20_SPLIT:
         frames = [pd.read_csv(_source_path(data, n)) for n in MP20_KEYS]
@@ -160,7 +172,7 @@ def trained_rows(data: Path, name: str, splits: Splits, num_proc: int | None = N
 
     The held-out crystals and their same-material duplicates are not training data, so a sample
     that reproduces one counts as novel; rows the encoder could not read were not trained on either."""
-    from tokenization.data import ID_COLUMNS
+    from xtallm.tokenization.data import ID_COLUMNS
 
     keys = prepared(data, name, num_proc)
     kept = set(keys["id"][~splits.excluded(keys)].astype(str))
@@ -176,7 +188,7 @@ def training_rows(data: Path, sources: tuple[str, ...], splits: Splits, num_proc
     """The encoded rows of `sources` minus the held-out crystals, as one `datasets.Dataset`."""
     import datasets
 
-    from tokenization.data import PrepareOptions, prepare_dataset
+    from xtallm.tokenization.data import PrepareOptions, prepare_dataset
 
     parts, report = [], {}
     for name in sources:
@@ -194,7 +206,7 @@ def heldout_rows(data: Path, splits: Splits, which: tuple[str, ...], num_proc: i
     """Encoded held-out rows (eval loss during training)."""
     import datasets
 
-    from tokenization.data import PrepareOptions, prepare_dataset
+    from xtallm.tokenization.data import PrepareOptions, prepare_dataset
 
     parts = []
     names = (MP20_KEYS if MP20_SPLIT in which else ()) + (tuple(TWOD_SOURCES) if TWOD_SPLIT in which else ())
@@ -211,7 +223,7 @@ def heldout_rows(data: Path, splits: Splits, which: tuple[str, ...], num_proc: i
 
 def pretokenize(rows, tokenizer, cfg, out: Path, n_variants: int, seed: int = 0, train: bool = True) -> dict:
     """Write K variants of every example, drawn by `CrystalExamples` exactly as in epochs 0..K-1."""
-    from llm.data import IGNORE_INDEX, PRETOKENIZED_META, CrystalExamples
+    from xtallm.llm.data import IGNORE_INDEX, PRETOKENIZED_META, CrystalExamples
 
     columns = rows.select_columns(["dim", "text", "record", "conditions"]).to_dict()  # lists: 2x faster than Arrow lookups
     examples = CrystalExamples(columns, tokenizer, cfg, seed, train=train)
@@ -263,8 +275,8 @@ def sampling_prompts(tokenizer, splits: Splits, n_bulk: int = 1000, n_2d: int = 
     `dim=3 elements=...` and `dim=3 formula=...`, drawn (seeded) from the mp20-heldout-v1 crystals."""
     from pymatgen.core import Composition
 
-    from llm.prompts import prompt_ids
-    from tokenization.conditions import _elements, plain_formula
+    from xtallm.llm.prompts import prompt_ids
+    from xtallm.tokenization.conditions import _elements, plain_formula
 
     bulk = [{"id": f"bulk-{k}", "conditions": {"dim": 3}} for k in range(n_bulk)]
     lgs = [g for g in range(1, 81) for _ in range(per_lg)]
@@ -288,8 +300,8 @@ def sampling_prompts(tokenizer, splits: Splits, n_bulk: int = 1000, n_2d: int = 
 def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None = None, max_length: int = 512,
           only: tuple[str, ...] = ("bulk", "wbm", "2d", "lora_lg")) -> dict:
     """Pretokenized train/eval sets for every mix + the layer-group adapter, prompts, references."""
-    from llm.config import DataConfig
-    from tokenization.tokenizer import build_crystal_tokenizer
+    from xtallm.llm.config import DataConfig
+    from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
     tokenizer = build_crystal_tokenizer(model_max_length=max_length)
     splits = make_splits(data, num_proc)
@@ -332,7 +344,8 @@ def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("command", choices=["splits", "build"])
-    parser.add_argument("--data", default=str(DEFAULT_DATA), help="folder with mp20/, twod/, ... (shared/data)")
+    parser.add_argument("--data", default=os.environ.get("XTALLM_DATA"), required="XTALLM_DATA" not in os.environ,
+                        help="folder with mp20/, twod/, ... (the team's shared/data; default: $XTALLM_DATA)")
     parser.add_argument("--out", default=".devdata", help="where pretokenized sets, prompts and references go")
     parser.add_argument("--variants", default="bulk=4,wbm=4,2d=12,lora_lg=6", help="variants per crystal, per mix")
     parser.add_argument("--only", default="bulk,wbm,2d,lora_lg",

@@ -7,9 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from llm.config import load_recipe
+from xtallm.configs.recipe import load_recipe, save_recipe
 
 from .diffusion import NoiseSchedule
 from .model import DenoiserConfig
@@ -32,7 +31,7 @@ class RefinerTrainConfig:
     epochs: float = 100
     max_steps: int | None = None
     stop_after_steps: int | None = None  # stop early, checkpoint, keep the schedule (tests, preemption drills)
-    time_limit_minutes: float | None = None  # finish (save the model) when training has run this long
+    time_limit_s: float | None = None  # finish (save the model) when training has run this long (seconds)
     batch_size: int = 256
     lr: float = 5e-4
     weight_decay: float = 0.0
@@ -63,7 +62,7 @@ class RefinerConfig:
         return dataclasses.asdict(self)
 
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        save_recipe(self, path)
 
 
 def load_refiner_config(path: str | Path | None, overrides: list[str] | None = None) -> RefinerConfig:

@@ -102,7 +102,7 @@ def record_to_arrays(record) -> CrystalArrays:
 
 def arrays_to_record(template, k: np.ndarray, site_v: np.ndarray):
     """The template CrystalRecord (elements, Wyckoff letters) with a new lattice and free parameters."""
-    from tokenization.record import CrystalRecord
+    from xtallm.tokenization.record import CrystalRecord
 
     table = template.table
     gram = gram_from_k(torch.as_tensor(k, dtype=torch.float64)[None], torch.tensor([template.dim]))[0].numpy()

@@ -32,8 +32,8 @@ def build_arrays(
     the same formula in the same group: that material from another database) are left out;
     with `include`, only the rows of that split are kept (benchmarks on the held-out set).
     """
-    from tokenization.data import PrepareOptions, prepare_dataset
-    from tokenization.record import CrystalRecord
+    from xtallm.tokenization.data import PrepareOptions, prepare_dataset
+    from xtallm.tokenization.record import CrystalRecord
 
     crystals, ids, records = [], [], []
     for source in sources:

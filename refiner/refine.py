@@ -13,6 +13,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from xtallm.configs.recipe import option
+
 from .checkpoint import Refiner
 from .crystal import arrays_to_record, collate, record_to_arrays
 from .diffusion import SamplerOptions, refine
@@ -20,15 +22,23 @@ from .diffusion import SamplerOptions, refine
 
 @dataclass
 class RefineOptions:
-    tau: float = 0.2  # SDEdit start: t0 = tau (fraction of the chain); 0.2-0.3 measured best (docs/benchmarks.md)
-    steps: int = 200  # steps of the whole chain; refining runs round(tau * steps)
-    corrector_steps: int = 1
-    corrector_step: float = 0.1
-    refine_lattice: bool = True
-    batch_size: int = 256
-    max_atoms: int = 200  # atoms in the conventional cell
-    seed: int = 0
-    compile: bool = False  # torch.compile the network: pays off on a GPU for thousands of structures
+    """The reverse chain's settings (SDEdit from t0 = tau)."""
+
+    tau: float = option(0.2, "noise level to start from, in (0, 1]; 0.2-0.3 measured best (docs/benchmarks.md)")
+    steps: int = option(200, "steps of the whole chain; round(tau * steps) are run")
+    corrector_steps: int = option(1, "Langevin corrector steps per predictor step")
+    corrector_step: float = option(0.1, "corrector step size (signal-to-noise ratio)")
+    refine_lattice: bool = option(True, "move the free lattice parameters too (no: coordinates only)")
+    batch_size: int = option(256, "crystals per batch (capped by their size: batch x atoms^2)")
+    max_atoms: int = option(200, "larger crystals (conventional cell) pass through unchanged")
+    seed: int = option(0, "seed of the chain's noise")
+    compile: bool = option(False, "torch.compile the network (GPU: ~2.4x faster after ~40 s of compilation; for large sets)")
+
+    def check(self) -> None:
+        if not 0.0 < self.tau <= 1.0:
+            raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if self.steps < 1 or self.batch_size < 1 or self.max_atoms < 1 or self.corrector_steps < 0:
+            raise ValueError("steps, batch_size and max_atoms must be >= 1, corrector_steps >= 0")
 
     def sampler(self, device: torch.device) -> SamplerOptions:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()

@@ -13,13 +13,11 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
-if __package__ in (None, ""):  # `accelerate launch refiner/train.py` runs this file as a script
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
 import torch
@@ -28,27 +26,13 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from refiner.checkpoint import save_refiner
-from refiner.config import RefinerConfig, load_refiner_config
-from refiner.crystal import CrystalArrays
-from refiner.data import HeldOut, SizeBucketBatches, build_arrays, load_arrays, make_batch, save_arrays, site_vocabulary
-from refiner.diffusion import training_loss
-from refiner.model import Denoiser, count_parameters
-
-
-class Progress:
-    """Where training stands; saved in every checkpoint."""
-
-    def __init__(self) -> None:
-        self.step = 0
-        self.epoch = 0
-        self.batches_in_epoch = 0
-
-    def state_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    def load_state_dict(self, state: dict) -> None:
-        self.__dict__.update(state)
+from xtallm.configs.training import Progress, TimeLimit, flat, latest_checkpoint, load_checkpoint, mixed_precision, save_checkpoint
+from xtallm.refiner.checkpoint import save_refiner
+from xtallm.refiner.config import RefinerConfig, load_refiner_config
+from xtallm.refiner.crystal import CrystalArrays
+from xtallm.refiner.data import HeldOut, SizeBucketBatches, build_arrays, load_arrays, make_batch, save_arrays, site_vocabulary
+from xtallm.refiner.diffusion import training_loss
+from xtallm.refiner.model import Denoiser, count_parameters
 
 
 def load_training_arrays(config: RefinerConfig) -> tuple[list[CrystalArrays], list[str]]:
@@ -90,33 +74,43 @@ def evaluate(model, crystals, indices, vocab, config: RefinerConfig, accelerator
     return totals
 
 
-def latest_checkpoint(output_dir: Path) -> Path | None:
-    found = sorted((p for p in (output_dir / "checkpoints").glob("step_*") if (p / "done").exists()), key=lambda p: int(p.name[5:]))
-    return found[-1] if found else None
+@dataclass
+class Run:
+    config: RefinerConfig
+    accelerator: Accelerator
+    model: Denoiser
+    ema: torch.optim.swa_utils.AveragedModel
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    crystals: list[CrystalArrays]
+    vocab: dict[str, int]
+    train_idx: np.ndarray
+    eval_idx: np.ndarray
+    sampler: SizeBucketBatches
+    total_steps: int
+    progress: Progress = field(default_factory=Progress)
+    metrics: dict = field(default_factory=dict)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.train.output_dir)
+
+    def checkpoint(self) -> None:
+        if self.accelerator.is_main_process:
+            (self.output_dir / "metrics.partial.json").write_text(json.dumps(self.metrics))
+        save_checkpoint(self.accelerator, self.output_dir, self.progress, self.model, self.optimizer, self.scheduler,
+                        modules={"ema": self.ema}, keep=self.config.train.keep_checkpoints)
 
 
-def save_checkpoint(accelerator: Accelerator, progress: Progress, output_dir: Path, keep: int) -> None:
-    target = output_dir / "checkpoints" / f"step_{progress.step}"
-    accelerator.save_state(str(target))
-    if accelerator.is_main_process:
-        (target / "done").write_text("ok")
-        old = sorted((output_dir / "checkpoints").glob("step_*"), key=lambda p: int(p.name[5:]))[:-keep]
-        for path in old:
-            shutil.rmtree(path, ignore_errors=True)
-
-
-def train(config: RefinerConfig, resume: bool = True) -> dict:
-    tc = config.train
-    mixed = tc.mixed_precision
-    if mixed == "auto":
-        mixed = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
-    output_dir = Path(tc.output_dir)
+def setup(config: RefinerConfig) -> Run:
+    """Accelerator, data, model, EMA, optimizer and schedule of a recipe (nothing trained yet)."""
     import importlib.util
 
-    trackers = "tensorboard" if importlib.util.find_spec("tensorboard") else None
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available(), log_with=trackers, project_dir=str(output_dir))
+    tc = config.train
+    accelerator = Accelerator(mixed_precision=mixed_precision(tc.mixed_precision, allow_fp16=False), cpu=not torch.cuda.is_available(),
+                              log_with="tensorboard" if importlib.util.find_spec("tensorboard") else None, project_dir=tc.output_dir)
     set_seed(tc.seed)
-    crystals, ids = load_training_arrays(config)
+    crystals, _ = load_training_arrays(config)
     if len(crystals) < 2:
         raise ValueError(f"data.train gave {len(crystals)} usable crystal(s); need at least 2")
     vocab = site_vocabulary(crystals)
@@ -124,115 +118,125 @@ def train(config: RefinerConfig, resume: bool = True) -> dict:
     train_idx, eval_idx = split(len(crystals), config.data.eval_fraction, tc.seed)
     sampler = SizeBucketBatches([crystals[i].n_atoms for i in train_idx], tc.batch_size, tc.seed)
     if accelerator.is_main_process:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        config.save(output_dir / "config.yaml")
-
+        Path(tc.output_dir).mkdir(parents=True, exist_ok=True)
+        config.save(Path(tc.output_dir) / "config.yaml")
     model = Denoiser(config.model)
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema_decay))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
-    batches_per_epoch = math.ceil(len(sampler) / accelerator.num_processes)
-    total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * batches_per_epoch))
+    total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * math.ceil(len(sampler) / accelerator.num_processes)))
     scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, min(tc.warmup_steps, total_steps // 10), total_steps, min_lr_rate=tc.min_lr_ratio)
     model, optimizer = accelerator.prepare(model, optimizer)
     ema.to(accelerator.device)
     if tc.compile:
         model = torch.compile(model, dynamic=True)
-    progress = Progress()
-    accelerator.register_for_checkpointing(scheduler, progress, ema)
-    checkpoint = latest_checkpoint(output_dir) if resume else None
-    if checkpoint is not None:
-        accelerator.load_state(str(checkpoint))
-        accelerator.print(f"resumed from {checkpoint} at step {progress.step}")
+    return Run(config, accelerator, model, ema, optimizer, scheduler, crystals, vocab, train_idx, eval_idx, sampler, total_steps)
 
-    n_params = count_parameters(accelerator.unwrap_model(model))
-    accelerator.init_trackers("refiner", config={k: v for k, v in _flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
+
+def _start(run: Run, resume: bool) -> None:
+    accelerator, config = run.accelerator, run.config
+    checkpoint = latest_checkpoint(run.output_dir) if resume else None
+    if checkpoint is not None:
+        load_checkpoint(accelerator, checkpoint, run.progress, run.model, run.optimizer, run.scheduler, modules={"ema": run.ema})
+        accelerator.print(f"resumed from {checkpoint} at step {run.progress.step}")
+    n_params = count_parameters(accelerator.unwrap_model(run.model))
+    accelerator.init_trackers("refiner", config={k: v for k, v in flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
     accelerator.print(
-        f"{n_params / 1e6:.2f}M parameters, {len(train_idx)} training / {len(eval_idx)} eval crystals, "
-        f"{total_steps} steps, batch {tc.batch_size} x {accelerator.num_processes} process(es), mixed precision {mixed}"
+        f"{n_params / 1e6:.2f}M parameters, {len(run.train_idx)} training / {len(run.eval_idx)} eval crystals, "
+        f"{run.total_steps} steps, batch {config.train.batch_size} x {accelerator.num_processes} process(es), "
+        f"mixed precision {accelerator.mixed_precision}"
     )
-    metrics_path = output_dir / "metrics.partial.json"
-    metrics: dict = {"parameters": n_params, "train_crystals": len(train_idx), "eval_crystals": len(eval_idx), "history": []}
-    if checkpoint is not None and metrics_path.exists():
-        metrics = json.loads(metrics_path.read_text())
-    if progress.step == 0:
-        metrics["initial_eval"] = evaluate(model, crystals, eval_idx, vocab, config, accelerator)
-    stop_at = min(total_steps, tc.stop_after_steps or total_steps)
-    deadline = time.monotonic() + 60 * tc.time_limit_minutes if tc.time_limit_minutes else None
-    bar = tqdm(total=total_steps, initial=progress.step, desc="refiner", disable=not accelerator.is_local_main_process)
-    running: list[torch.Tensor] = []
-    seen, started = 0, time.perf_counter()
-    generator = torch.Generator().manual_seed(tc.seed)
-    model.train()
+    run.metrics = {"parameters": n_params, "train_crystals": len(run.train_idx), "eval_crystals": len(run.eval_idx), "history": []}
+    partial = run.output_dir / "metrics.partial.json"
+    if checkpoint is not None and partial.exists():
+        run.metrics = json.loads(partial.read_text())
+    if run.progress.step == 0:
+        run.metrics["initial_eval"] = evaluate(run.model, run.crystals, run.eval_idx, run.vocab, config, accelerator)
+
+
+def _step(run: Run, local: np.ndarray, generator: torch.Generator) -> torch.Tensor:
+    """One optimizer step on one batch; returns the (coord, lattice) losses."""
+    tc, accelerator = run.config.train, run.accelerator
+    batch = make_batch(run.crystals, run.train_idx[local], run.vocab).to(accelerator.device)
+    generator.manual_seed(tc.seed * 1_000_003 + run.progress.step * 101 + accelerator.process_index)
+    t = tc.t_min + (tc.t_max - tc.t_min) * torch.rand(batch.size, generator=generator)
+    losses = training_loss(run.model, batch, run.config.schedule, t.to(accelerator.device))  # the prepared model autocasts itself
+    accelerator.backward(losses["coord"] + tc.lattice_weight * losses["lattice"])
+    if tc.max_grad_norm:
+        accelerator.clip_grad_norm_(run.model.parameters(), tc.max_grad_norm)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    run.scheduler.step()
+    run.ema.update_parameters(accelerator.unwrap_model(run.model))
+    run.progress.step += 1
+    run.progress.batches_in_epoch += 1
+    return torch.stack([losses["coord"].detach(), losses["lattice"].detach()]).float(), batch.size
+
+
+def _after_step(run: Run, stop_at: int, window: dict) -> None:
+    tc, accelerator, step = run.config.train, run.accelerator, run.progress.step
+    logs: dict[str, float] = {}
+    if step % tc.log_every == 0 or step == stop_at:
+        mean = accelerator.reduce(torch.stack(window["losses"]).mean(0), reduction="mean").tolist()
+        elapsed = time.perf_counter() - window["started"]
+        logs.update(train_coord=mean[0], train_lattice=mean[1], lr=run.scheduler.get_last_lr()[0],
+                    crystals_per_s=window["seen"] * accelerator.num_processes / max(elapsed, 1e-9))
+        window.update(losses=[], seen=0, started=time.perf_counter())
+        window["bar"].set_postfix(coord=f"{mean[0]:.3f}", lattice=f"{mean[1]:.3f}")
+    if step % tc.eval_every == 0 or step == run.total_steps:
+        logs.update(evaluate(run.ema.module, run.crystals, run.eval_idx, run.vocab, run.config, accelerator))
+    if logs:
+        accelerator.log(logs, step=step)
+        run.metrics["history"].append({"step": step, **logs})
+    if step % tc.save_every == 0 and step < run.total_steps:
+        run.checkpoint()
+
+
+def _loop(run: Run, stop_at: int, limit: TimeLimit) -> int:
+    """Steps until `stop_at` or the time limit; returns where it stopped."""
+    accelerator, progress = run.accelerator, run.progress
+    bar = tqdm(total=run.total_steps, initial=progress.step, desc="refiner", disable=not accelerator.is_local_main_process)
+    window = {"losses": [], "seen": 0, "started": time.perf_counter(), "bar": bar}
+    generator = torch.Generator().manual_seed(run.config.train.seed)
+    run.model.train()
     while progress.step < stop_at:
-        epoch_batches = sampler.epoch(progress.epoch)[accelerator.process_index :: accelerator.num_processes]
+        epoch_batches = run.sampler.epoch(progress.epoch)[accelerator.process_index :: accelerator.num_processes]
         for local in epoch_batches[progress.batches_in_epoch :]:
-            batch = make_batch(crystals, train_idx[local], vocab).to(accelerator.device)
-            generator.manual_seed(tc.seed * 1_000_003 + progress.step * 101 + accelerator.process_index)
-            t = tc.t_min + (tc.t_max - tc.t_min) * torch.rand(batch.size, generator=generator)
-            losses = training_loss(model, batch, config.schedule, t.to(accelerator.device))  # the prepared model autocasts itself
-            loss = losses["coord"] + tc.lattice_weight * losses["lattice"]
-            accelerator.backward(loss)
-            if tc.max_grad_norm:
-                accelerator.clip_grad_norm_(model.parameters(), tc.max_grad_norm)
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-            scheduler.step()
-            ema.update_parameters(accelerator.unwrap_model(model))
-            progress.step += 1
-            progress.batches_in_epoch += 1
-            seen += batch.size
-            running.append(torch.stack([losses["coord"].detach(), losses["lattice"].detach()]).float())
+            losses, size = _step(run, local, generator)
+            window["losses"].append(losses)
+            window["seen"] += size
             bar.update(1)
-            logs: dict[str, float] = {}
-            if progress.step % tc.log_every == 0 or progress.step == stop_at:
-                mean = accelerator.reduce(torch.stack(running).mean(0), reduction="mean").tolist()
-                elapsed = time.perf_counter() - started
-                logs.update(train_coord=mean[0], train_lattice=mean[1], lr=scheduler.get_last_lr()[0], crystals_per_s=seen * accelerator.num_processes / max(elapsed, 1e-9))
-                running, seen, started = [], 0, time.perf_counter()
-                bar.set_postfix(coord=f"{mean[0]:.3f}", lattice=f"{mean[1]:.3f}")
-            if progress.step % tc.eval_every == 0 or progress.step == total_steps:
-                logs.update(evaluate(ema.module, crystals, eval_idx, vocab, config, accelerator))
-            if logs:
-                accelerator.log(logs, step=progress.step)
-                metrics["history"].append({"step": progress.step, **logs})
-            if progress.step % tc.save_every == 0 and progress.step < total_steps:
-                if accelerator.is_main_process:
-                    metrics_path.write_text(json.dumps(metrics))
-                save_checkpoint(accelerator, progress, output_dir, tc.keep_checkpoints)
-            if deadline is not None and time.monotonic() > deadline and progress.step < stop_at:
-                accelerator.print(f"time limit of {tc.time_limit_minutes} min reached at step {progress.step}: finishing here")
-                metrics["stopped_by_time_limit"] = progress.step
-                stop_at = total_steps = progress.step
+            _after_step(run, stop_at, window)
+            if limit.reached and progress.step < stop_at:
+                accelerator.print(f"time limit of {limit.seconds:.0f} s reached at step {progress.step}: finishing here")
+                run.metrics["stopped_by_time_limit"] = progress.step
+                stop_at = run.total_steps = progress.step
             if progress.step >= stop_at:
                 break
         else:
-            progress.epoch += 1
-            progress.batches_in_epoch = 0
+            progress.next_epoch()
     bar.close()
-    if accelerator.is_main_process:
-        metrics_path.write_text(json.dumps(metrics))
-    if progress.step < total_steps:
-        save_checkpoint(accelerator, progress, output_dir, tc.keep_checkpoints)
+    return stop_at
+
+
+def train(config: RefinerConfig, resume: bool = True) -> dict:
+    """Train (or resume) a refiner recipe; the EMA weights become <output_dir>/model."""
+    run = setup(config)
+    _start(run, resume)
+    tc = config.train
+    _loop(run, min(run.total_steps, tc.stop_after_steps or run.total_steps), TimeLimit(tc.time_limit_s))
+    accelerator, metrics = run.accelerator, run.metrics
+    if run.progress.step < run.total_steps:  # stopped early on purpose: leave a checkpoint to resume from
+        run.checkpoint()
         accelerator.end_training()
         return metrics
-    metrics["steps"] = progress.step
+    metrics["steps"] = run.progress.step
     if accelerator.is_main_process:
-        info = {"steps": progress.step, "train_crystals": len(train_idx), "final": metrics["history"][-1] if metrics["history"] else {}}
-        save_refiner(output_dir / "model", ema.module, config.schedule, vocab, info)
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
-        metrics_path.unlink(missing_ok=True)
+        info = {"steps": run.progress.step, "train_crystals": len(run.train_idx), "final": metrics["history"][-1] if metrics["history"] else {}}
+        save_refiner(run.output_dir / "model", run.ema.module, config.schedule, run.vocab, info)
+        (run.output_dir / "metrics.json").write_text(json.dumps(metrics, indent=1))
+        (run.output_dir / "metrics.partial.json").unlink(missing_ok=True)
     accelerator.end_training()
     return metrics
-
-
-def _flat(tree: dict, prefix: str = "") -> dict:
-    out = {}
-    for k, v in tree.items():
-        if isinstance(v, dict):
-            out.update(_flat(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -242,6 +246,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-4")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
+    try:
+        return _main(args)
+    except (ValueError, OSError) as exc:  # bad recipe, data or checkpoint: one line, no traceback
+        print(f"refiner/train.py: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace) -> int:
     config = load_refiner_config(args.config, args.overrides)
     if args.build_data:
         crystals, ids = load_training_arrays(config)

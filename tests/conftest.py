@@ -12,6 +12,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("XTALLM_SHARED_DATA", REPO.parent / "shared" / "data"))
+os.environ.setdefault("XTALLM_DATA", str(SHARED_DATA))  # what pipelines.training_data reads by default
 
 
 def shared_file(relative: str) -> Path:

@@ -3,8 +3,8 @@
 import pytest
 from pymatgen.core import Lattice, Structure
 
-from tokenization import ConditionError, format_header, parse_header, validate_conditions
-from tokenization.conditions import parse_condition_args, structure_conditions
+from xtallm.tokenization import ConditionError, format_header, parse_header, validate_conditions
+from xtallm.tokenization.conditions import parse_condition_args, structure_conditions
 
 
 def test_canonical_header():

@@ -9,8 +9,8 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from pipelines import coverage as C
-from pipelines.evaluate import evaluate
+from xtallm.pipelines.evaluation import coverage as C
+from xtallm.pipelines.evaluation import evaluate
 
 from .conftest import read_shared
 

@@ -5,9 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from pipelines.cli import main
-from pipelines.demo import example_path
-from tokenization.data import PrepareOptions, prepare_dataset, read_table
+from xtallm.pipelines.cli import main
+from xtallm.pipelines.demo import example_path
+from xtallm.tokenization.data import PrepareOptions, prepare_dataset, read_table
 
 from .conftest import shared_file
 

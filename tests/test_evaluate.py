@@ -8,9 +8,9 @@ import numpy as np
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from pipelines import metrics as M
-from pipelines.cli import main
-from pipelines.evaluate import evaluate
+from xtallm.pipelines.evaluation import metrics as M
+from xtallm.pipelines.cli import main
+from xtallm.pipelines.evaluation import evaluate
 
 from .conftest import read_shared
 
@@ -85,7 +85,7 @@ def test_cli(tmp_path, capsys):
 
 
 def test_wyckoff_jsd_conditions_and_plots(tmp_path):
-    import tokenization
+    from xtallm import tokenization
 
     df = read_shared("mp20/val.csv.xz", n=40, seed=5)
     ref = tmp_path / "ref.csv"
@@ -104,7 +104,7 @@ def test_wyckoff_jsd_conditions_and_plots(tmp_path):
     expected = sum(1 for i, row in enumerate(rows) if i % 2 or row["group"] == 225) / 40
     assert r["conditional_accuracy"]["sg"]["rate"] == expected
     assert "band_gap" in r["not_computed"]["conditional_accuracy"]
-    from pipelines.evaluate import write_report
+    from xtallm.pipelines.evaluation import write_report
 
     write_report(r, tmp_path / "report")
     assert (tmp_path / "report" / "space_groups.png").stat().st_size > 1000
@@ -193,7 +193,7 @@ def test_mixed_reference_tables_with_a_dim_column(tmp_path):
     monolayers with dim=2): monolayer rows are 2D references, so a copy of one is not novel."""
     import pandas as pd
 
-    from pipelines.training_data import TWOD_SPLIT, heldout_reference
+    from xtallm.pipelines.training_data import TWOD_SPLIT, heldout_reference
 
     layers = read_shared("twod/2dmatpedia_5914.csv.xz", n=6, seed=9)
     bulk = read_shared("mp20/val.csv.xz", n=6, seed=9)

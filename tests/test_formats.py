@@ -6,11 +6,11 @@ import pytest
 from pymatgen.analysis.structure_matcher import StructureMatcher
 from pymatgen.core import Lattice, Structure
 
-import tokenization
-from tokenization.augment import augmented_text, translate_and_permute
-from tokenization.formats import FORMATS, split_header
-from tokenization.record import CrystalRecord
-from pipelines.demo import example_path
+from xtallm import tokenization
+from xtallm.tokenization.augment import augmented_text, translate_and_permute
+from xtallm.tokenization.formats import FORMATS, split_header
+from xtallm.tokenization.record import CrystalRecord
+from xtallm.pipelines.demo import example_path
 
 MATCHER = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
 

@@ -7,11 +7,11 @@ import json
 import numpy as np
 
 
-from pipelines.cli import main
-from pipelines.generate import load_generate_config
-from pipelines.records import read_samples
+from xtallm.pipelines.cli import main
+from xtallm.pipelines.generate import load_generate_config
+from xtallm.pipelines.samples import read_jsonl as read_samples
 from tests.conftest import REPO
-from tokenization import get_format
+from xtallm.tokenization import get_format
 
 
 def test_generate_samples_decodes_and_refines_then_resumes(tmp_path):

@@ -5,11 +5,11 @@ import pandas as pd
 import pytest
 from pymatgen.core import Lattice, Structure
 
-import tokenization
-from tokenization import EncodeError, ParseError
-from tokenization.data import PrepareOptions, prepare_dataset
-from tokenization.formats import parse_cif
-from pipelines.demo import example_path
+from xtallm import tokenization
+from xtallm.tokenization import EncodeError, ParseError
+from xtallm.tokenization.data import PrepareOptions, prepare_dataset
+from xtallm.tokenization.formats import parse_cif
+from xtallm.pipelines.demo import example_path
 
 GOOD_CIF = pd.read_csv(example_path("bulk")).cif[0]
 

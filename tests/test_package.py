@@ -13,12 +13,12 @@ def test_stack_imports_together():
 
 
 def test_console_script():
-    out = subprocess.run([sys.executable, "-m", "pipelines.cli", "--help"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", "--help"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "data" in out.stdout and "demo" in out.stdout
 
 
 def test_demo(tmp_path):
-    from pipelines.demo import run_demo
+    from xtallm.pipelines.demo import run_demo
 
     summary = run_demo(tmp_path / "demo", num_proc=1)
     for name in ("bulk", "layers"):

@@ -6,9 +6,9 @@ import pandas as pd
 import pytest
 from pymatgen.core import Structure
 
-import tokenization
-from tokenization.check import roundtrip, roundtrip_many, summarize
-from tokenization.record import CrystalRecord, detect_group, layer_cell
+from xtallm import tokenization
+from xtallm.tokenization.check import roundtrip, roundtrip_many, summarize
+from xtallm.tokenization.record import CrystalRecord, detect_group, layer_cell
 
 from .conftest import FIXTURES, read_shared
 

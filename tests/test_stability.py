@@ -9,10 +9,10 @@ import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from pipelines import stability as S
-from pipelines.cli import main
-from pipelines.evaluate import evaluate
-from pipelines.hull import HullJob, build_hull
+from xtallm.pipelines.evaluation import stability as S
+from xtallm.pipelines.cli import main
+from xtallm.pipelines.evaluation import evaluate
+from xtallm.pipelines.evaluation.hull import HullJob, HullOptions, build_hull
 
 from .conftest import read_shared
 
@@ -29,7 +29,7 @@ def small_hull(tmp_path_factory):
     known.to_csv(folder / "known.csv", index=False)
     out = folder / "hull.csv"
     # Na and Cl have no elemental structure among the known ones: ASE references are added
-    summary = build_hull(HullJob([str(folder / "known.csv")], str(out), mlff="sevennet", steps=30, device="cpu"))
+    summary = build_hull(HullJob([str(folder / "known.csv")], str(out), HullOptions(mlff="sevennet", steps=30, device="cpu")))
     assert summary["rows"] == 4 and summary["failed_now"] == 0
     return folder, known, out
 
@@ -41,10 +41,10 @@ def test_hull_file_and_resume(small_hull):
     assert set(table["mlff"]) == {"sevennet"} and set(table["scheme"]) == {"MP2020"}
     nacl = table[table["id"] == "mp-22862"].iloc[0]
     assert nacl["energy_corrected"] < nacl["energy"] - 0.3  # MP2020 chloride correction applied once
-    again = build_hull(HullJob([str(folder / "known.csv")], str(out), mlff="sevennet", steps=30, device="cpu"))
+    again = build_hull(HullJob([str(folder / "known.csv")], str(out), HullOptions(mlff="sevennet", steps=30, device="cpu")))
     assert again["computed_now"] == 0 and again["rows"] == 4  # resumed: nothing recomputed
     with pytest.raises(S.MixedEnergyScalesError):
-        build_hull(HullJob([str(folder / "known.csv")], str(out), mlff="chgnet"))
+        build_hull(HullJob([str(folder / "known.csv")], str(out), HullOptions(mlff="chgnet")))
 
 
 def test_known_stable_crystals_sit_on_the_hull(small_hull, tmp_path):
@@ -153,7 +153,7 @@ def test_chgnet_end_to_end(tmp_path):
 
 def test_mlff_artefact_energies_count_as_failed(tmp_path):
     """An energy far below any real crystal's (atoms driven into each other) is a failed relaxation, also when read back."""
-    from pipelines.relax import cached_relaxation
+    from xtallm.pipelines.evaluation.relax import cached_relaxation
 
     assert S.unphysical_energy(-2226.0) and S.unphysical_energy(-9.2) is None and S.unphysical_energy(None) is None
     cif = str(CifWriter(Structure(Lattice.cubic(3.0), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])))

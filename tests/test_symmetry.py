@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from tokenization.symmetry import N_GROUPS, find_anchor, get_group, orbits_match, wrap_periodic
+from xtallm.tokenization.symmetry import N_GROUPS, find_anchor, get_group, orbits_match, wrap_periodic
 
 
 @pytest.mark.parametrize("dim", [3, 2])

@@ -5,10 +5,10 @@ import json
 import pytest
 from transformers import AutoTokenizer
 
-from tokenization import format_header
-from tokenization.data import PrepareOptions, prepare_dataset
-from tokenization.tokenizer import build_crystal_tokenizer, crystal_vocabulary
-from pipelines.demo import example_path
+from xtallm.tokenization import format_header
+from xtallm.tokenization.data import PrepareOptions, prepare_dataset
+from xtallm.tokenization.tokenizer import build_crystal_tokenizer, crystal_vocabulary
+from xtallm.pipelines.demo import example_path
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,9 @@ import pandas as pd
 
 from .conditions import structure_conditions, validate_conditions
 from .errors import XtallmError
-from .formats import get_format, parse_cif
+from xtallm.configs.recipe import option
+
+from .formats import FORMATS, get_format, parse_cif
 from .formats.wyckoff import WyckoffFormat
 
 CACHE_VERSION = "2"
@@ -40,13 +42,16 @@ TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 
 @dataclass
 class PrepareOptions:
-    fmt: str = "wyckoff"
-    dim: int | None = None  # None: a `dim` column, else 2 for `cif_layer_std` tables, else 3
-    symprec: float = 0.1
-    max_atoms: int | None = None
-    cif_column: str | None = None
-    limit: int | None = None
-    fmt_options: dict[str, Any] = field(default_factory=dict)
+    """How a table becomes records and text (part of the cache key)."""
+
+    fmt: str = option("wyckoff", "text format", choices=tuple(FORMATS))
+    dim: int | None = option(None, "2 = monolayers, 3 = bulk (default: a dim column, else 2 for cif_layer_std tables, else 3)",
+                             choices=(2, 3))
+    symprec: float = option(0.1, "symmetry tolerance of the group search (Å)")
+    max_atoms: int | None = option(None, "skip crystals with more atoms (input cell)")
+    cif_column: str | None = option(None, "column holding the CIFs (default: cif_layer_std, else cif)")
+    limit: int | None = option(None, "first N rows only")
+    fmt_options: dict[str, Any] = option(factory=dict, help="format settings (precision...)", flag=False)
 
 
 @dataclass
@@ -244,6 +249,8 @@ def prepare_dataset(
     failed = encoded.filter(lambda ok: not ok, input_columns="ok")
     failures = pd.DataFrame({"row": failed["row"], "id": failed["id"], "error": failed["error"]}) if len(failed) else _no_failures()
     good = encoded.filter(lambda ok: ok, input_columns="ok").remove_columns(["ok", "error"])
+    if not use_cache:  # --no-cache: nothing is read from or written to the cache folder
+        return PreparedData(good, failures, len(df), None)
     path.mkdir(parents=True, exist_ok=True)
     good.save_to_disk(str(path))
     failures.to_csv(path / "failures.csv", index=False)

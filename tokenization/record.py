@@ -23,6 +23,7 @@ from .errors import EncodeError, ParseError
 from .symmetry import (
     ANGLES,
     LENGTHS,
+    GroupId,
     GroupTable,
     WyckoffPosition,
     check_group,
@@ -67,6 +68,10 @@ class CrystalRecord:
     @property
     def kind(self) -> str:
         return "sg" if self.dim == 3 else "lg"
+
+    @property
+    def group_id(self) -> GroupId:
+        return GroupId(self.dim, self.group)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -273,7 +278,8 @@ def _standardize(structure: Structure, dim: int, symprec: float, angle_tolerance
         std_ds = dataset(std, symprec=min(symprec, 1e-3))
         if std_ds.number != ds.number:
             std_ds = dataset(std, symprec=symprec, angle_tolerance=angle_tolerance)
-    except BaseException as exc:  # moyopy raises plain exceptions (even panics) on failure
+    except BaseException as exc:  # moyopy raises plain exceptions, and Rust panics (a BaseException)
+        _reraise_interrupts(exc)
         raise EncodeError(f"symmetry search failed at symprec={symprec}: {exc}") from None
     if std_ds.number != ds.number:
         raise EncodeError(f"group changed on standardization ({ds.number} -> {std_ds.number}) at symprec={symprec}")
@@ -429,5 +435,12 @@ def detect_group(structure: Structure, dim: int = 3, symprec: float = 0.01) -> i
         cell = moyopy.Cell(structure.lattice.matrix.tolist(), structure.frac_coords.tolist(), list(structure.atomic_numbers))
         cls = moyopy.MoyoDataset if dim == 3 else moyopy.MoyoLayerDataset
         return int(cls(cell, symprec=symprec).number)
-    except BaseException:
+    except BaseException as exc:  # a failed search (moyopy error or Rust panic) has no group
+        _reraise_interrupts(exc)
         return None
+
+
+def _reraise_interrupts(exc: BaseException) -> None:
+    """Ctrl-C and interpreter exit pass through; moyopy's PanicException (a BaseException) does not."""
+    if isinstance(exc, (KeyboardInterrupt, SystemExit, GeneratorExit)):
+        raise exc

@@ -102,6 +102,36 @@ class GroupTable:
         return bool(np.any(self.wyckoffs[0].ops[:, 2, 2] < 0))
 
 
+@dataclass(frozen=True, order=True)
+class GroupId:
+    """A space group (dim 3) or a layer group (dim 2): a bare number means either, so carry both."""
+
+    dim: int
+    number: int
+
+    def __post_init__(self) -> None:
+        check_group(self.dim, self.number)
+
+    @property
+    def kind(self) -> str:
+        return "sg" if self.dim == 3 else "lg"
+
+    @property
+    def table(self) -> "GroupTable":
+        return get_group(self.dim, self.number)
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.number}"
+
+    @classmethod
+    def parse(cls, text: str) -> "GroupId":
+        """From a group line: `sg 225` or `lg 78`."""
+        kind, _, number = text.strip().partition(" ")
+        if kind not in ("sg", "lg") or not number.strip().isdigit():
+            raise ValueError(f"{text!r} is not a group line like 'sg 225' or 'lg 78'")
+        return cls(3 if kind == "sg" else 2, int(number))
+
+
 def check_group(dim: int, number: int) -> None:
     if dim not in N_GROUPS:
         raise ValueError(f"dim must be 2 (layer) or 3 (bulk), got {dim!r}")

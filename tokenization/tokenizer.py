@@ -8,9 +8,11 @@ digit (CrystaLLM / Materium style). Saved and loaded with the usual `save_pretra
 
 from __future__ import annotations
 
+import json
 import re
+from functools import lru_cache
+from pathlib import Path
 
-from pymatgen.core.periodic_table import Element
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast
 
@@ -18,19 +20,23 @@ from .conditions import ORDER as CONDITION_KEYS
 
 PAD, BOS, EOS, UNK = "<pad>", "<bos>", "<eos>", "<unk>"
 SPECIAL_TOKENS = [PAD, BOS, EOS, UNK]
+VOCABULARY_FILE = Path(__file__).resolve().parent / "vocabulary.json"
 
-ELEMENTS = [el.symbol for el in Element if el.Z <= 103]
-WYCKOFF_LETTERS = [chr(c) for c in range(ord("a"), ord("z") + 1)] + ["A"]
-KEYWORDS = ["sg", "lg", "alpha", "beta", "gamma"] + CONDITION_KEYS
-PUNCTUATION = [" ", "\n", ".", "-", "+", "=", ",", "(", ")"]
-DIGITS = [str(d) for d in range(10)]
+
+@lru_cache(maxsize=1)
+def pinned_vocabulary() -> tuple[str, ...]:
+    """The committed token list (position = id) that every shipped model was trained with."""
+    return tuple(json.loads(VOCABULARY_FILE.read_text())["tokens"])
 
 
 def crystal_vocabulary() -> list[str]:
-    """All tokens, specials first; order is part of a trained model, so only append to it."""
-    words = SPECIAL_TOKENS + PUNCTUATION + DIGITS + KEYWORDS + ELEMENTS + WYCKOFF_LETTERS
-    seen: set[str] = set()
-    return [w for w in words if not (w in seen or seen.add(w))]
+    """All tokens: the pinned list, then any condition key added since (appended, so no id moves).
+
+    Element symbols, Wyckoff letters and keywords were pinned when the first model was trained;
+    a new condition (tokenization/conditions.py) gets the next free id without touching the file."""
+    words = list(pinned_vocabulary())
+    known = set(words)
+    return words + [k for k in CONDITION_KEYS if k not in known]
 
 
 def _split_pattern(vocab: list[str]) -> str:

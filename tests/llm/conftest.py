@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from llm.config import load_config
-from llm.finetune import train
+from xtallm.llm.config import load_config
+from xtallm.llm.finetune import train
 from tests.conftest import REPO, SHARED_DATA
 
 TINY = REPO / "configs" / "llm" / "tiny_test.yaml"

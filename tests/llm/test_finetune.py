@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from llm.config import load_config
-from llm.finetune import train
+from xtallm.llm.config import load_config
+from xtallm.llm.finetune import train
 from tests.conftest import REPO
 
 from .conftest import TINY, tiny
@@ -63,7 +63,7 @@ def test_lora_adapter_save_load_and_merge(base_model, tmp_path):
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    from llm.merge import merge
+    from xtallm.llm.merge import merge
 
     base_dir, _ = base_model
     adapter_dir = tmp_path / "adapter"
@@ -150,7 +150,7 @@ def test_loading_by_hub_id_from_the_cache(base_model, tmp_path, monkeypatch):
 def test_push_to_hub_uploads_the_folder(base_model, monkeypatch):
     import huggingface_hub
 
-    from llm.card import push_to_hub
+    from xtallm.llm.card import push_to_hub
 
     calls = {}
 

@@ -6,13 +6,13 @@ import pandas as pd
 import pytest
 from pymatgen.core import Composition, Structure
 
-from llm.grammar import GrammarOptions, accepts, header_grammar, two_phase, wyckoff_grammar
-from llm.sampling import Output, Request, SamplingOptions, generate
-from pipelines.sample import constraint_grammars
+from xtallm.llm.grammar import GrammarOptions, accepts, header_grammar, two_phase, wyckoff_grammar
+from xtallm.llm.sampling import Output, Request, SamplingOptions, generate
+from xtallm.pipelines.sample import constraint_grammars
 from tests.conftest import FIXTURES, read_shared
-from tokenization.conditions import _elements, plain_formula
-from tokenization.formats import WyckoffFormat
-from tokenization.symmetry import get_group
+from xtallm.tokenization.conditions import _elements, plain_formula
+from xtallm.tokenization.formats import WyckoffFormat
+from xtallm.tokenization.symmetry import get_group
 
 FMT = WyckoffFormat()
 
@@ -186,12 +186,13 @@ class CutOff:
 
 
 def test_a_constrained_sample_cut_off_by_max_tokens_is_not_a_crystal(tmp_path):
-    from llm.model import default_model_path
-    from pipelines.records import read_samples
-    from pipelines.sample import SampleJob, run_sample
+    from xtallm.llm.model import default_model_path
+    from xtallm.pipelines.samples import read_jsonl as read_samples
+    from xtallm.pipelines.sample import SampleJob, SampleOptions, run_sample
 
-    job = SampleJob(model=str(default_model_path()), out=str(tmp_path), num_samples=2, constrained=True, conditions={"sg": 225})
+    job = SampleJob(str(tmp_path), num_samples=2, conditions={"sg": 225},
+                    options=SampleOptions(model=str(default_model_path()), constrained=True))
     assert run_sample(job, sampler=CutOff())["parse_rate"] == 0.0
     assert all("cut off at max_tokens" in r["error"] for r in read_samples(tmp_path / "samples.jsonl"))
-    free = SampleJob(model=str(default_model_path()), out=str(tmp_path / "free"), num_samples=2, conditions={"sg": 225})
+    free = SampleJob(str(tmp_path / "free"), num_samples=2, conditions={"sg": 225}, options=SampleOptions(model=str(default_model_path())))
     assert run_sample(free, sampler=CutOff())["parse_rate"] == 1.0  # free decoding: scored as written

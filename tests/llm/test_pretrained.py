@@ -7,10 +7,9 @@ import json
 import pytest
 import torch
 
-from llm.model import DEFAULT_ADAPTERS, PRETRAINED_DIR, default_adapter_path, default_model_path, load_default_model
-from llm.sampling import SamplingOptions
-from pipelines.records import read_samples
-from pipelines.sample import SampleJob, make_sampler, run_sample
+from xtallm.llm.model import DEFAULT_ADAPTERS, PRETRAINED_DIR, default_adapter_path, default_model_path, load_default_model
+from xtallm.pipelines.samples import read_jsonl as read_samples
+from xtallm.pipelines.sample import SampleJob, SampleOptions, make_sampler, run_sample
 
 MIB = 1024 * 1024
 
@@ -42,7 +41,7 @@ def test_default_and_adapter_load_in_fp32_on_cpu():
 
 @pytest.fixture(scope="module")
 def engine():
-    job = SampleJob(model=str(default_model_path()), out="unused", adapter=str(default_adapter_path()))
+    job = SampleJob("unused", options=SampleOptions(model=str(default_model_path()), adapter=str(default_adapter_path())))
     sampler = make_sampler(job)
     yield sampler
     shutdown = getattr(getattr(sampler.llm.llm_engine, "engine_core", None), "shutdown", None)
@@ -52,8 +51,8 @@ def engine():
 
 @pytest.mark.parametrize("adapter, conditions", [(False, {"dim": 3, "sg": 225}), (True, {"dim": 2, "lg": 78})])
 def test_constrained_samples_parse(engine, tmp_path, adapter, conditions):
-    job = SampleJob(model=str(default_model_path()), out=str(tmp_path), num_samples=12, constrained=True, conditions=conditions,
-                    adapter=str(default_adapter_path()) if adapter else None, options=SamplingOptions(max_tokens=448))
+    job = SampleJob(str(tmp_path), num_samples=12, conditions=conditions, options=SampleOptions(
+        model=str(default_model_path()), constrained=True, adapter=str(default_adapter_path()) if adapter else None, max_tokens=448))
     summary = run_sample(job, sampler=engine)
     rows = list(read_samples(tmp_path / "samples.jsonl"))
     assert summary["parse_rate"] == 1.0 and len(rows) == 12
@@ -62,13 +61,13 @@ def test_constrained_samples_parse(engine, tmp_path, adapter, conditions):
 
 def test_constrained_composition_conditions_are_honoured(engine, tmp_path):
     """Two-pass decoding (group line, then that group's grammar) meets elements= and formula= exactly."""
-    from pipelines import metrics as M
-    from pipelines.evaluate import _parse
+    from xtallm.pipelines.evaluation import metrics as M
+    from xtallm.pipelines.evaluation.context import parse as _parse
 
     csv = tmp_path / "conditions.csv"
     csv.write_text('dim,elements,formula\n3,"O,S,Sb",\n3,,LiFeSO4F\n3,,NaCl\n')
-    job = SampleJob(model=str(default_model_path()), out=str(tmp_path / "s"), num_samples=6, constrained=True,
-                    conditions_file=str(csv), options=SamplingOptions(max_tokens=448))
+    job = SampleJob(str(tmp_path / "s"), num_samples=6, conditions_file=str(csv),
+                    options=SampleOptions(model=str(default_model_path()), constrained=True, max_tokens=448))
     summary = run_sample(job, sampler=engine)
     rows = list(read_samples(tmp_path / "s" / "samples.jsonl"))
     assert summary["parse_rate"] == 1.0 and len(rows) == 18
@@ -80,13 +79,13 @@ def test_constrained_composition_conditions_are_honoured(engine, tmp_path):
 @pytest.mark.slow
 def test_every_layer_group_can_be_prompted(engine, tmp_path):
     """Issue 8: `dim=2 lg=N` for all 80 layer groups (adapter, constrained) gives crystals detected in group N."""
-    from pipelines.evaluate import _parse
-    from tokenization.record import detect_group
+    from xtallm.pipelines.evaluation.context import parse as _parse
+    from xtallm.tokenization.record import detect_group
 
     csv = tmp_path / "layer_groups.csv"
     csv.write_text("dim,lg\n" + "".join(f"2,{n}\n" for n in range(1, 81)))
-    job = SampleJob(model=str(default_model_path()), adapter=str(default_adapter_path()), out=str(tmp_path / "s"), num_samples=6,
-                    constrained=True, conditions_file=str(csv))
+    job = SampleJob(str(tmp_path / "s"), num_samples=6, conditions_file=str(csv),
+                    options=SampleOptions(model=str(default_model_path()), adapter=str(default_adapter_path()), constrained=True))
     run_sample(job, sampler=engine)
     hits: dict[int, int] = {n: 0 for n in range(1, 81)}
     for row in read_samples(tmp_path / "s" / "samples.jsonl"):

@@ -8,20 +8,22 @@ import socket
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 
 import pytest
 from pymatgen.core import Lattice, Structure
 from pymatgen.io.cif import CifWriter
 
-from llm.sampling import SamplingOptions
-from pipelines.cli import main
-from pipelines.records import FIELDS, read_samples
-from pipelines.sample import SampleJob, honours_group, make_sampler, run_sample
+from xtallm.llm.sampling import SamplingOptions
+from xtallm.pipelines.cli import main
+from xtallm.pipelines.samples import FIELDS, read_jsonl as read_samples
+from xtallm.pipelines.sample import SampleJob, SampleOptions, honours_group, make_sampler, run_sample
 
 
 def job(model, out, **kw) -> SampleJob:
     options = kw.pop("options", SamplingOptions(max_tokens=448))
-    return SampleJob(model=str(model), out=str(out), options=options, **kw)
+    prompts = {k: kw.pop(k) for k in ("num_samples", "conditions", "conditions_file") if k in kw}
+    return SampleJob(str(out), **prompts, options=SampleOptions(**{**asdict(options), "model": str(model), **kw}))
 
 
 @pytest.fixture(scope="module")

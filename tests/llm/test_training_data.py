@@ -9,12 +9,12 @@ import sys
 import pandas as pd
 import pytest
 
-from llm.config import DataConfig
-from llm.data import CrystalExamples, PretokenizedExamples, is_pretokenized
-from pipelines.training_data import MP20_SPLIT, TWOD_SPLIT, SPLIT_DIR, Splits, pretokenize, read_splits, split_fraction, trained_rows
+from xtallm.llm.config import DataConfig
+from xtallm.llm.data import CrystalExamples, PretokenizedExamples, is_pretokenized
+from xtallm.pipelines.training_data import MP20_SPLIT, TWOD_SPLIT, SPLIT_DIR, Splits, pretokenize, read_splits, split_fraction, trained_rows
 from tests.conftest import REPO
-from tokenization.data import prepare_dataset
-from tokenization.tokenizer import build_crystal_tokenizer
+from xtallm.tokenization.data import prepare_dataset
+from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
 BULK_EXAMPLES = REPO / "tokenization" / "examples" / "bulk_examples.csv"
 

@@ -14,7 +14,7 @@ def example_records():
     import pandas as pd
     from pymatgen.core import Structure
 
-    from tokenization import get_format
+    from xtallm.tokenization import get_format
 
     fmt = get_format("wyckoff")
     records = []
@@ -30,6 +30,6 @@ def example_records():
 
 @pytest.fixture(scope="session")
 def example_arrays(example_records):
-    from refiner.crystal import record_to_arrays
+    from xtallm.refiner.crystal import record_to_arrays
 
     return [record_to_arrays(r) for r in example_records]

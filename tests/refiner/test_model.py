@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from refiner.crystal import collate, expand, lattice_matrix, pull_back, push_forward, site_noise
-from refiner.data import site_vocabulary
-from refiner.diffusion import NoiseSchedule, training_loss
-from refiner.lattice import FREE, family_mask, gram_from_k, gram_from_parameters, k_from_gram, parameters_from_gram
-from refiner.model import Denoiser, DenoiserConfig
+from xtallm.refiner.crystal import collate, expand, lattice_matrix, pull_back, push_forward, site_noise
+from xtallm.refiner.data import site_vocabulary
+from xtallm.refiner.diffusion import NoiseSchedule, training_loss
+from xtallm.refiner.lattice import FREE, family_mask, gram_from_k, gram_from_parameters, k_from_gram, parameters_from_gram
+from xtallm.refiner.model import Denoiser, DenoiserConfig
 
 
 @pytest.fixture(scope="module")

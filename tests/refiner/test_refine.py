@@ -10,13 +10,13 @@ import ase.io
 import pytest
 from pymatgen.core import Structure
 
-from pipelines.cli import main
-from pipelines.records import decode_sample, read_samples
-from refiner.checkpoint import load_refiner
-from refiner.pretrained import default_refiner_path
+from xtallm.pipelines.cli import main
+from xtallm.pipelines.samples import decode_sample, read_jsonl as read_samples
+from xtallm.refiner.checkpoint import load_refiner
+from xtallm.refiner.pretrained import default_refiner_path
 from tests.conftest import read_shared
-from tokenization import get_format
-from tokenization.record import detect_group
+from xtallm.tokenization import get_format
+from xtallm.tokenization.record import detect_group
 
 
 def _samples(cifs: list[str], dim: int, prefix: str) -> list[dict]:
@@ -26,7 +26,7 @@ def _samples(cifs: list[str], dim: int, prefix: str) -> list[dict]:
         warnings.simplefilter("ignore")
         for i, cif in enumerate(cifs):
             text = fmt.encode(Structure.from_str(cif, fmt="cif"), dim=dim)
-            rows.append({"id": f"{prefix}-{i}", "prompt": "", "conditions": {}, "text": text, **decode_sample(text)})
+            rows.append({**decode_sample(f"{prefix}-{i}", text).to_json(), "prompt": "", "conditions": {}})
     return rows
 
 

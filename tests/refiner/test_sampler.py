@@ -9,12 +9,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from refiner.checkpoint import load_refiner
-from refiner.crystal import collate, lattice_matrix
-from refiner.data import load_arrays
-from refiner.diffusion import SamplerOptions, refine
-from refiner.lattice import expm, gram_from_k, lattice_from_gram
-from refiner.pretrained import default_refiner_path
+from xtallm.refiner.checkpoint import load_refiner
+from xtallm.refiner.crystal import collate, lattice_matrix
+from xtallm.refiner.data import load_arrays
+from xtallm.refiner.diffusion import SamplerOptions, refine
+from xtallm.refiner.lattice import expm, gram_from_k, lattice_from_gram
+from xtallm.refiner.pretrained import default_refiner_path
 from tests.conftest import REPO
 
 FIXTURE = REPO / "tests" / "fixtures" / "refiner_examples.npz"  # 112 bulk + monolayer examples (tokenization/examples)

@@ -7,9 +7,9 @@ import json
 import torch
 from safetensors.torch import load_file
 
-from refiner.checkpoint import load_refiner
-from refiner.config import load_refiner_config
-from refiner.train import train
+from xtallm.refiner.checkpoint import load_refiner
+from xtallm.refiner.config import load_refiner_config
+from xtallm.refiner.train import train
 from tests.conftest import REPO
 
 
@@ -30,7 +30,7 @@ def test_resume_after_a_stop_gives_the_same_model(tmp_path):
     train(_config(straight), resume=False)
     stopped = tmp_path / "stopped"
     partial = train(_config(stopped, "train.stop_after_steps=3"), resume=False)
-    assert "steps" not in partial and (stopped / "checkpoints" / "step_3" / "done").exists()
+    assert "steps" not in partial and (stopped / "checkpoints" / "step_00000003" / "progress.json").exists()
     train(_config(stopped), resume=True)
     a, b = _weights(straight), _weights(stopped)
     assert a.keys() == b.keys()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import TextFormat, join_header, split_header
+from .base import Decoded, TextFormat, join_header, split_header
 from .cif import CifFormat, parse_cif
 from .wyckoff import WyckoffFormat, guess_dim
 from .xyz import XyzFormat
@@ -23,4 +23,4 @@ def get_format(name: str = "wyckoff", **options) -> TextFormat:
     return cls(**options)
 
 
-__all__ = ["FORMATS", "TextFormat", "WyckoffFormat", "XyzFormat", "CifFormat", "get_format", "split_header", "join_header", "parse_cif", "guess_dim"]
+__all__ = ["FORMATS", "Decoded", "TextFormat", "WyckoffFormat", "XyzFormat", "CifFormat", "get_format", "split_header", "join_header", "parse_cif", "guess_dim"]

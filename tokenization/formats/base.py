@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import math
 import re
+from dataclasses import dataclass
 from typing import Any, Mapping
 
 from pymatgen.core import Structure
 
 from ..conditions import format_header, parse_header
 from ..errors import ConditionError, ParseError
+from ..record import CrystalRecord
+from ..symmetry import GroupId
 
 _NUMBER = re.compile(r"^[-+]?\d+(\.\d+)?$")
 
@@ -43,10 +46,23 @@ def join_header(conditions: Mapping[str, Any] | None, body: str) -> str:
     return f"{header}\n{body}" if header else body
 
 
+@dataclass
+class Decoded:
+    """What a text says: the crystal, and its record and group when the format states them."""
+
+    structure: Structure
+    group: GroupId | None  # stated by the text (wyckoff), else detected (moyopy, symprec 0.1)
+    record: CrystalRecord | None = None  # formats without symmetry (xyz, cif) have none
+
+
 class TextFormat:
-    """A crystal text format: `encode(structure, conditions) -> str`, `decode(text) -> Structure`."""
+    """A crystal text format: `encode(structure, conditions) -> str`, `decode(text) -> Structure`.
+
+    A new format is a subclass with those two methods (and `read`, if the text states a group)
+    plus one line in `formats.FORMATS`."""
 
     name = "base"
+    states_symmetry = False  # True: the text fixes group and Wyckoff sites (grammar-constrained decoding needs it)
 
     def encode(self, structure: Structure, conditions: Mapping[str, Any] | None = None) -> str:
         raise NotImplementedError
@@ -54,6 +70,12 @@ class TextFormat:
     def decode(self, text: str) -> Structure:
         raise NotImplementedError
 
-    def decode_with_conditions(self, text: str) -> tuple[Structure, dict[str, Any]]:
-        conditions, _, _ = split_header(text)
-        return self.decode(text), conditions
+    def read(self, text: str) -> Decoded:
+        """The crystal of `text`; its group is detected, since this format does not state one."""
+        from ..record import detect_group
+        from .wyckoff import guess_dim
+
+        structure = self.decode(text)
+        dim = guess_dim(structure)
+        number = detect_group(structure, dim, symprec=0.1)
+        return Decoded(structure, GroupId(dim, number) if number is not None else None)

@@ -21,7 +21,7 @@ from pymatgen.core import Structure
 from ..errors import EncodeError, ParseError
 from ..record import DEFAULT_VACUUM, CrystalRecord, Site, detect_group
 from ..symmetry import ANGLES, N_GROUPS
-from .base import TextFormat, join_header, parse_number, split_header
+from .base import Decoded, TextFormat, join_header, parse_number, split_header
 
 _LABEL = re.compile(r"^(\d+)([a-zA-Z])$")
 
@@ -39,6 +39,7 @@ def guess_dim(structure: Structure, min_vacuum: float = 7.0) -> int:
 
 class WyckoffFormat(TextFormat):
     name = "wyckoff"
+    states_symmetry = True
 
     def __init__(
         self,
@@ -161,9 +162,14 @@ class WyckoffFormat(TextFormat):
         return self.parse_record(body, first_line=1 + skipped)
 
     def decode(self, text: str) -> Structure:
+        return self.read(text).structure
+
+    def read(self, text: str) -> Decoded:
+        """Record and crystal from one parse: the group is the one the text states."""
         record = self.decode_record(text)
         with _site_lines(record):
-            return record.to_structure(vacuum=self.vacuum, validate=False, strict=self.strict)
+            structure = record.to_structure(vacuum=self.vacuum, validate=False, strict=self.strict)
+        return Decoded(structure, record.group_id, record)
 
 
 @contextmanager

@@ -13,13 +13,15 @@ from __future__ import annotations
 import csv
 import os
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
 import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
+
+from xtallm.configs.recipe import option
 
 from . import stability as S
 
@@ -29,20 +31,27 @@ ID_COLUMNS = ("material_id", "id", "mc2d_structure_label")
 
 
 @dataclass
+class HullOptions:
+    """Settings of `xtallm hull build`, declared once."""
+
+    mlff: str = option("sevennet", "potential (the samples must be relaxed with the same one)", choices=tuple(S.MLFFS))
+    steps: int = option(200, "FIRE steps per structure (0: single points)")
+    fmax: float = option(S.DEFAULT_FMAX, "force convergence, eV/Å")
+    limit: int | None = option(None, "first N rows of each table")
+    device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
+    elements: bool = option(True, "add ASE elemental references for elements without an elemental structure")
+    workers: int = option(1, "parallel relaxations, each with its own potential")
+
+
+@dataclass
 class HullJob:
     structures: list[str]
     out: str
-    mlff: str = "sevennet"
-    steps: int = 200
-    fmax: float = S.DEFAULT_FMAX
-    limit: int | None = None
-    device: str | None = None
-    add_elements: bool = True
-    workers: int = 1  # parallel relaxations (pipelines.relax)
+    options: HullOptions = field(default_factory=HullOptions)
 
 
 def _known(paths: list[str], limit: int | None) -> Iterator[tuple[str, str, Structure]]:
-    from tokenization.formats import parse_cif
+    from xtallm.tokenization.formats import parse_cif
 
     for path in paths:
         table = pd.read_csv(path)
@@ -70,19 +79,20 @@ def _done(out: Path) -> set[str]:
 
 def build_hull(job: HullJob) -> dict:
     """Run (or resume) a hull build; returns counts for the CLI."""
-    S.check_mlff(job.mlff)
+    o = job.options
+    S.check_mlff(o.mlff)
     out = Path(job.out)
     if out.exists() and out.stat().st_size > 0:
         previous = pd.read_csv(out)
         used = set(zip(previous["mlff"], previous["scheme"]))
-        if used and used != {(job.mlff, S.MLFFS[job.mlff])}:
-            raise S.MixedEnergyScalesError(f"{out} holds energies of {sorted(used)}; resuming it with {job.mlff} would mix potentials")
+        if used and used != {(o.mlff, S.MLFFS[o.mlff])}:
+            raise S.MixedEnergyScalesError(f"{out} holds energies of {sorted(used)}; resuming it with {o.mlff} would mix potentials")
     done = _done(out)
-    known = list(_known(job.structures, job.limit))
+    known = list(_known(job.structures, o.limit))
     if not known:
         raise ValueError(f"no readable structures in {job.structures}")
     todo = [(sid, src, s) for sid, src, s in known if sid not in done]
-    if job.add_elements:
+    if o.elements:
         elements = sorted({e.symbol for _, _, s in known for e in s.composition.elements})
         have = {s.composition.elements[0].symbol for _, _, s in known if len(s.composition.elements) == 1}
         todo += [(f"element:{el}", "ase-reference", S.elemental_reference(el)) for el in elements
@@ -98,17 +108,17 @@ def build_hull(job: HullJob) -> dict:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
-        for (sid, src), r in relax_many(items, job.mlff, job.steps, job.fmax, job.device, job.workers, desc="hull"):
+        for (sid, src), r in relax_many(items, o.mlff, o.steps, o.fmax, o.device, o.workers, desc="hull"):
             corrected, reason = (None, r.error)
             if r.energy is not None:
-                corrected, reason = S.corrected_energy(job.mlff, r.structure, r.energy)
+                corrected, reason = S.corrected_energy(o.mlff, r.structure, r.energy)
             failed += corrected is None
             name, n_atoms = formula[sid]
             writer.writerow({
                 "id": sid, "source": src, "formula": name,
                 "n_atoms": n_atoms, "energy": r.energy, "energy_per_atom": r.energy_per_atom,
                 "energy_corrected": corrected, "energy_corrected_per_atom": corrected / n_atoms if corrected is not None else None,
-                "mlff": job.mlff, "scheme": S.MLFFS[job.mlff], "steps": r.steps, "converged": r.converged, "error": reason,
+                "mlff": o.mlff, "scheme": S.MLFFS[o.mlff], "steps": r.steps, "converged": r.converged, "error": reason,
             })
             f.flush()
             os.fsync(f.fileno())

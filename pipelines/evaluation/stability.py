@@ -230,3 +230,127 @@ def elemental_reference(symbol: str) -> Structure:
         d = state.get("d", 2.0) if state.get("symmetry") == "diatom" else 2.5
         atoms = Atoms(f"{symbol}2", positions=[[5.0, 5.0, 5.0], [5.0 + d, 5.1, 5.2]], cell=[10.0, 10.5, 11.0], pbc=True)
     return AseAtomsAdaptor.get_structure(atoms)
+
+
+# ---------------------------------------------------------------------------- the evaluation's stability metrics
+
+
+@dataclass
+class StabilityJob:
+    """What the stability metrics need, checked before any expensive work (no mixed energy scales)."""
+
+    hull: Hull | None
+    mlff: str
+    relaxed: dict[str, dict[str, Any]] | None  # `xtallm relax` rows by sample id: read, not recomputed
+    subsample: int | None = None
+    steps: int = MAX_STEPS
+    fmax: float = DEFAULT_FMAX
+    device: str | None = None
+    seed: int = 0
+
+    @classmethod
+    def prepare(cls, hull: str | None, mlff: str | None, relaxed: str | None, **settings: Any) -> "StabilityJob | None":
+        if hull is None and mlff is None:
+            if relaxed is not None:
+                raise ValueError("--relaxed needs --hull (the relaxations are scored against it)")
+            return None
+        if mlff is not None:
+            check_mlff(mlff)
+        hull_obj = Hull(hull, mlff) if hull is not None else None
+        potential = mlff or hull_obj.mlff  # type: ignore[union-attr]
+        cache = None
+        if relaxed is not None:
+            from .relax import done_ids
+
+            cache = done_ids(relaxed)
+            if not cache:
+                raise ValueError(f"{relaxed}: no relaxations (write them with `xtallm relax`)")
+            if used := {r.get("mlff") for r in cache.values()} - {potential}:
+                raise MixedEnergyScalesError(f"{relaxed} holds relaxations with {sorted(used)}, the hull/--mlff is {potential}")
+        return cls(hull_obj, potential, cache, **settings)
+
+    def relaxation(self, sample_id: str, structure: Structure, calculator, dim: int) -> Relaxation:
+        if self.relaxed is not None:
+            from .relax import cached_relaxation
+
+            return cached_relaxation(self.relaxed[sample_id])
+        return relax(structure, calculator, steps=self.steps, fmax=self.fmax, dim=dim)
+
+    @property
+    def max_steps(self) -> int:
+        """The FIRE cap the relaxations used (the one `xtallm relax` wrote when they were read)."""
+        if self.relaxed:
+            caps = {r.get("max_steps") for r in self.relaxed.values()}
+            if len(caps) == 1 and None not in caps:
+                return int(caps.pop())
+        return self.steps
+
+
+def stability_metrics(ctx) -> dict[str, Any]:
+    """Relax valid samples with the MLFF, e_above_hull against the hull; rates estimated over ALL samples.
+
+    With a subsample of the valid samples, a rate is (share among the relaxed) x (valid / all): the
+    invalid samples count as unstable, the subsample stands for the valid ones.
+    """
+    job: StabilityJob | None = ctx.stability
+    keys = ("stable_rate", "metastable_rate", "sun_rate", "msun_rate")
+    if job is None:
+        ctx.not_computed.update({k: "no --hull given (build one with `xtallm hull build`)" for k in keys})
+        return {}
+    from tqdm.auto import tqdm
+
+    n = ctx.n
+    valid_idx = [i for i, ok in enumerate(ctx.valid) if ok]
+    pool = valid_idx if job.relaxed is None else [i for i in valid_idx if ctx.samples[i].id in job.relaxed]
+    rng = np.random.default_rng(job.seed)
+    chosen = sorted(rng.choice(pool, job.subsample, replace=False).tolist()) if job.subsample and job.subsample < len(pool) else pool
+    out: dict[str, Any] = {"mlff": job.mlff, "stability_relax_steps": job.max_steps}
+    if job.relaxed is not None:
+        out["stability_relaxations"] = "read from `xtallm relax` output (valid samples found there form the subsample)"
+    layer_valid = [i for i in valid_idx if ctx.layer[i]]
+    need_calc = layer_valid or (job.hull is not None and chosen and job.relaxed is None)
+    calc = load_calculator(job.mlff, job.device) if need_calc else None
+    out.update(_monolayer_energies(ctx, layer_valid[: job.subsample or None], calc))
+    if job.hull is None:
+        ctx.not_computed.update({k: "no --hull given (build one with `xtallm hull build`)" for k in keys})
+        return out
+    details = []
+    for i in tqdm(chosen, desc=f"relaxing ({job.mlff})"):
+        r = job.relaxation(ctx.samples[i].id, ctx.structures[i], calc, 2 if ctx.layer[i] else 3)
+        e_hull, reason = None, r.error
+        if r.energy is not None:
+            corrected, reason = corrected_energy(job.mlff, r.structure, r.energy)
+            if corrected is not None:
+                e_hull, reason = job.hull.e_above_hull(r.structure.composition, corrected)
+        details.append({"id": ctx.samples[i].id, "index": i, "e_above_hull": e_hull, "energy_per_atom": r.energy_per_atom,
+                        "steps": r.steps, "converged": r.converged, "error": reason, "unique": i in ctx.unique,
+                        "novel": None if ctx.novel is None else bool(ctx.novel[i])})
+    out.update(_rates(ctx, details, len(valid_idx) / n / len(chosen) if chosen else 0.0))
+    out.update(n_relaxed=len(chosen), n_valid=len(valid_idx), n_relax_failed=sum(d["e_above_hull"] is None for d in details),
+               stability_denominator="all samples (invalid ones count as unstable; a subsample of the valid ones stands for all of them)")
+    if not chosen:
+        ctx.not_computed["stable_rate"] = "no valid sample to relax"
+    ctx.plots["e_above_hull"] = [d["e_above_hull"] for d in details if d["e_above_hull"] is not None]
+    out["_stability_details"] = details
+    return out
+
+
+def _monolayer_energies(ctx, indices: list[int], calc) -> dict[str, Any]:
+    """Single-point energies of valid monolayers (no 2D hull here: reported, not rated)."""
+    if not any(ctx.layer):
+        return {}
+    energies = [r.energy_per_atom for r in (relax(ctx.structures[i], calc, steps=0, dim=2) for i in indices)
+                if r.energy_per_atom is not None]
+    return {"mean_2d_energy_per_atom": float(np.mean(energies)) if energies else None, "n_2d_energy": len(energies)}
+
+
+def _rates(ctx, details: list[dict[str, Any]], scale: float) -> dict[str, Any]:
+    stable = [d["e_above_hull"] is not None and d["e_above_hull"] <= 0.0 for d in details]
+    meta = [d["e_above_hull"] is not None and d["e_above_hull"] <= 0.1 for d in details]
+    out = {"stable_rate": sum(stable) * scale, "metastable_rate": sum(meta) * scale}
+    if ctx.novel is None:
+        ctx.not_computed["sun_rate"] = ctx.not_computed["msun_rate"] = "S.U.N. needs novelty: give --train / --train-meta"
+        return out
+    out["sun_rate"] = sum(s and d["unique"] and d["novel"] for s, d in zip(stable, details)) * scale
+    out["msun_rate"] = sum(s and d["unique"] and d["novel"] for s, d in zip(meta, details)) * scale
+    return out

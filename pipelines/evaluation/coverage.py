@@ -232,7 +232,7 @@ def fingerprint(structure: Structure | None) -> tuple[np.ndarray, np.ndarray] | 
 def _fingerprint_cif(cif: str | None) -> tuple[np.ndarray, np.ndarray] | None:
     if cif is None:
         return None
-    from tokenization.formats import parse_cif
+    from xtallm.tokenization.formats import parse_cif
 
     try:
         with warnings.catch_warnings():

@@ -180,7 +180,7 @@ def wyckoff_labels(record) -> list[str]:
 
 def condition_accuracy(requested: dict, structure: Structure, group: int | None) -> dict[str, bool]:
     """Which requested conditions a parsed sample honours (those a structure alone can decide)."""
-    from tokenization.conditions import _elements, plain_formula
+    from xtallm.tokenization.conditions import _elements, plain_formula
 
     out: dict[str, bool] = {}
     comp = structure.composition
@@ -204,7 +204,7 @@ def layer_geometry(structure: Structure, max_bond_gap: float = 3.5, min_vacuum: 
     Along the layer normal, the largest empty gap is the vacuum; any other gap wider than
     `max_bond_gap` Å means atoms float apart from the slab.
     """
-    from tokenization.record import layer_cell
+    from xtallm.tokenization.record import layer_cell
 
     layer = layer_cell(structure)
     z = np.sort(layer.cart_coords[:, 2])
@@ -226,7 +226,7 @@ def with_vacuum(structure: Structure, vacuum: float = 15.0) -> Structure:
     """
     from pymatgen.core import Lattice
 
-    from tokenization.record import layer_cell
+    from xtallm.tokenization.record import layer_cell
 
     layer = layer_cell(structure)
     cart = layer.cart_coords

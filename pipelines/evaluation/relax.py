@@ -10,17 +10,18 @@ uses the same pool.
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
+
+from xtallm.configs.recipe import option
 
 from . import stability as S
 
@@ -83,63 +84,64 @@ def relax_many(items: Iterable[tuple[Any, Structure, int]], mlff: str, steps: in
 
 
 @dataclass
+class RelaxOptions:
+    """Settings of `xtallm relax`, declared once."""
+
+    mlff: str = option("sevennet", "potential (the hull's)", choices=tuple(S.MLFFS))
+    steps: int = option(S.MAX_STEPS, "FIRE steps at most (FrechetCellFilter)")
+    fmax: float = option(S.DEFAULT_FMAX, "force convergence, eV/Å")
+    subsample: int | None = option(None, "relax a random N of the readable samples (--seed)")
+    seed: int = option(0, "seed of the subsample")
+    device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
+    workers: int = option(1, "parallel relaxations, each with its own potential")
+
+
+@dataclass
 class RelaxJob:
     samples: str  # sampler JSONL or a folder of CIFs
     out: str  # JSONL, appended to
-    mlff: str = "sevennet"
-    steps: int = S.MAX_STEPS
-    fmax: float = S.DEFAULT_FMAX
-    subsample: int | None = None  # relax a seeded random subset of the readable samples
-    seed: int = 0
-    device: str | None = None
-    workers: int = 1
+    options: RelaxOptions = field(default_factory=RelaxOptions)
 
 
 def done_ids(path: str | Path) -> dict[str, dict[str, Any]]:
     """Rows already in a relax output, by sample id (a torn last line is ignored)."""
-    from .records import read_samples
+    from ..samples import read_jsonl
 
-    return {str(r["id"]): r for r in read_samples(path) if "id" in r}
+    return {str(r["id"]): r for r in read_jsonl(path) if "id" in r}
 
 
 def run_relax(job: RelaxJob) -> dict[str, Any]:
     """Relax (or resume relaxing) the job's samples; returns counts for the CLI."""
+    o = job.options
     import numpy as np
 
-    from .evaluate import is_layer_sample, load_samples
+    from ..samples import JsonlWriter, load_samples
 
-    S.check_mlff(job.mlff)
+    S.check_mlff(o.mlff)
     out = Path(job.out)
     previous = done_ids(out)
-    if used := {r.get("mlff") for r in previous.values()} - {job.mlff}:
-        raise S.MixedEnergyScalesError(f"{out} holds relaxations with {sorted(used)}; not resuming it with {job.mlff}")
-    rows = load_samples(job.samples)
+    if used := {r.get("mlff") for r in previous.values()} - {o.mlff}:
+        raise S.MixedEnergyScalesError(f"{out} holds relaxations with {sorted(used)}; not resuming it with {o.mlff}")
     readable: list[tuple[str, Structure, int]] = []
     unreadable = 0
-    for i, row in enumerate(rows):
-        if not (row.get("ok", True) and row.get("cif")):
+    for sample in load_samples(job.samples):
+        if not (sample.ok and sample.cif):
             continue
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                structure = Structure.from_str(row["cif"], fmt="cif")
-        except Exception:
+        structure = sample.structure()
+        if structure is None:
             unreadable += 1
             continue
-        readable.append((str(row.get("id", i)), structure, 2 if is_layer_sample(row) else 3))
-    if job.subsample is not None and job.subsample < len(readable):
-        chosen = np.random.default_rng(job.seed).choice(len(readable), job.subsample, replace=False)
+        readable.append((sample.id, structure, 2 if sample.is_layer else 3))
+    if o.subsample is not None and o.subsample < len(readable):
+        chosen = np.random.default_rng(o.seed).choice(len(readable), o.subsample, replace=False)
         readable = [readable[j] for j in sorted(chosen)]
     todo = [item for item in readable if item[0] not in previous]
-    out.parent.mkdir(parents=True, exist_ok=True)
     failed = 0
-    with out.open("a") as f:
-        for sid, r in relax_many(todo, job.mlff, job.steps, job.fmax, job.device, job.workers):
+    with JsonlWriter(out) as writer:  # repairs a torn last line of a killed run before appending
+        for sid, r in relax_many(todo, o.mlff, o.steps, o.fmax, o.device, o.workers):
             failed += r.error is not None
-            row = {"id": sid, "mlff": job.mlff, **r.row(),
-                   "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}
-            f.write(json.dumps(row) + "\n")
-            f.flush()
+            writer.write([{"id": sid, "mlff": o.mlff, "max_steps": o.steps, **r.row(),
+                           "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}])
     return {"chosen": len(readable), "relaxed_now": len(todo), "failed_now": failed,
             "already_done": len(readable) - len(todo), "unreadable": unreadable}
 

@@ -1,0 +1,189 @@
+"""What every metric reads: the samples, their crystals, the references, and the pieces several
+metrics share (validity flags, uniqueness, novelty, groups), each computed once, when first asked.
+"""
+
+from __future__ import annotations
+
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from pymatgen.core import Structure
+from tqdm.auto import tqdm
+
+from xtallm.tokenization.formats import parse_cif
+from xtallm.tokenization.record import detect_group
+from xtallm.tokenization.symmetry import GroupId
+
+from ..samples import Sample
+from . import metrics as M
+
+
+def parse(cif: str | None) -> Structure | None:
+    if not cif:
+        return None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return parse_cif(cif)
+    except ValueError:
+        return None
+
+
+def parse_many(cifs: list[str | None], num_proc: int, desc: str) -> list[Structure | None]:
+    if num_proc <= 1 or len(cifs) < 64:
+        return [parse(c) for c in tqdm(cifs, desc=desc, leave=False)]
+    with ProcessPoolExecutor(num_proc) as pool:
+        return list(tqdm(pool.map(parse, cifs, chunksize=64), total=len(cifs), desc=desc, leave=False))
+
+
+def cif_column(table: pd.DataFrame, csv: str | Path) -> str:
+    """`cif_layer_std` for layer tables (vacuum along c), else `cif`."""
+    for column in ("cif_layer_std", "cif"):
+        if column in table.columns:
+            return column
+    raise ValueError(f"{csv}: no 'cif' (or 'cif_layer_std') column")
+
+
+@dataclass
+class CrystalTable:
+    """Known crystals of a CSV: the readable ones, their CIF text and which are monolayers.
+
+    A row is a monolayer when the table's CIFs are `cif_layer_std` (2DMatPedia, MC2D) or its
+    `dim` column says 2 (the references `pipelines.training_data` writes, bulk and 2D mixed)."""
+
+    path: Path
+    column: str
+    structures: list[Structure]
+    cifs: list[str]
+    is_layer: list[bool]
+    n_rows: int
+
+    @classmethod
+    def read(cls, csv: str | Path, num_proc: int) -> "CrystalTable":
+        path = Path(csv)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no such reference table")
+        try:
+            table = pd.read_csv(path)
+        except (pd.errors.ParserError, UnicodeDecodeError, EOFError, OSError) as exc:
+            raise ValueError(f"{path}: not a readable CSV table ({type(exc).__name__}: {str(exc)[:200]})") from None
+        column = cif_column(table, path)
+        cifs = table[column].tolist()
+        if column == "cif_layer_std":
+            layer = [True] * len(table)
+        else:
+            layer = (table["dim"] == 2).tolist() if "dim" in table else [False] * len(table)
+        parsed = parse_many([c if isinstance(c, str) else None for c in cifs], num_proc, f"reading {path.name}")
+        kept = [(s, c, is2d) for s, c, is2d in zip(parsed, cifs, layer) if s is not None]
+        return cls(path, column, [s for s, _, _ in kept], [c for _, c, _ in kept], [k for _, _, k in kept], len(table))
+
+    @property
+    def n_unreadable(self) -> int:
+        return self.n_rows - len(self.structures)
+
+    @cached_property
+    def groups(self) -> list[GroupId | None]:
+        """Detected group of every reference (layer group for monolayers), symprec 0.1."""
+        out = []
+        for s, is2d in tqdm(list(zip(self.structures, self.is_layer)), desc="reference groups", leave=False):
+            number = detect_group(s, 2 if is2d else 3, 0.1)
+            out.append(GroupId(2 if is2d else 3, number) if number is not None else None)
+        return out
+
+
+def as_layer(s: Structure | None) -> Structure | None:
+    """A monolayer at the common vacuum used for matching (as it is when it is no slab)."""
+    if s is None:
+        return None
+    try:
+        return M.with_vacuum(s)
+    except Exception:  # not a slab at all: matched as it is
+        return s
+
+
+@dataclass
+class EvalContext:
+    samples: list[Sample]
+    structures: list[Structure | None]
+    reference: CrystalTable
+    options: Any  # EvaluateOptions
+    train: list[str] = field(default_factory=list)
+    train_meta: list[str] = field(default_factory=list)
+    not_computed: dict[str, str] = field(default_factory=dict)
+    plots: dict[str, Any] = field(default_factory=dict)
+    input_problems: dict[str, Any] = field(default_factory=dict)
+    stability: Any = None  # stability.StabilityJob, or None without --hull/--mlff
+
+    @property
+    def n(self) -> int:
+        return len(self.samples)
+
+    @property
+    def num_proc(self) -> int:
+        return self.options.num_proc
+
+    @cached_property
+    def layer(self) -> list[bool]:
+        return [s.is_layer for s in self.samples]
+
+    @cached_property
+    def struct_ok(self) -> list[bool]:
+        return [M.structurally_valid(s) for s in tqdm(self.structures, desc="structural validity", leave=False)]
+
+    @cached_property
+    def comp_ok(self) -> list[bool]:
+        return [M.compositionally_valid(s.composition if s is not None else None) for s in self.structures]
+
+    @cached_property
+    def valid(self) -> list[bool]:
+        return [a and b for a, b in zip(self.struct_ok, self.comp_ok)]
+
+    @cached_property
+    def valid_structures(self) -> list[Structure]:
+        return [s for s, ok in zip(self.structures, self.valid) if ok]
+
+    @cached_property
+    def matchable(self) -> list[Structure | None]:
+        """Monolayers at one vacuum (StructureMatcher compares cell lengths), bulk as it is."""
+        return [as_layer(s) if is2d else s for s, is2d in zip(self.structures, self.layer)]
+
+    @cached_property
+    def unique(self) -> set[int]:
+        return set(M.unique_indices(self.matchable))
+
+    @cached_property
+    def novel(self) -> list[bool] | None:
+        """Matches no training crystal (2D samples against 2D references, bulk against bulk and the cell tables)."""
+        if not (self.train or self.train_meta):
+            return None
+        bulk_refs: list[Structure] = []
+        layer_refs: list[Structure] = []
+        for t in self.train:
+            table = CrystalTable.read(t, self.num_proc)
+            layer_refs += [x for x in (as_layer(s) for s, is2d in zip(table.structures, table.is_layer) if is2d) if x is not None]
+            bulk_refs += [s for s, is2d in zip(table.structures, table.is_layer) if not is2d]
+        self.train_sizes = {"bulk": len(bulk_refs), "2d": len(layer_refs)}
+        index, index_2d = M.ReferenceIndex(bulk_refs), M.ReferenceIndex(layer_refs)
+        lattices = M.LatticeIndex(pd.concat([pd.read_csv(t) for t in self.train_meta])) if self.train_meta else None
+        self.train_sizes["cells"] = len(lattices) if lattices else 0
+        return [s is not None and (not index_2d.contains(s) if is2d else
+                                   not index.contains(s) and not (lattices is not None and lattices.contains(s)))
+                for s, is2d in tqdm(list(zip(self.matchable, self.layer)), desc="novelty", leave=False)]
+
+    @cached_property
+    def groups(self) -> list[GroupId | None]:
+        """The group a sample states (its text), else the detected one (layer group for monolayers), symprec 0.1."""
+        out = []
+        for sample, s in zip(self.samples, self.structures):
+            if sample.group is not None or s is None:
+                out.append(sample.group if s is not None else None)
+                continue
+            dim = 2 if sample.is_layer else 3
+            number = detect_group(s, dim, 0.1)
+            out.append(GroupId(dim, number) if number is not None else None)
+        return out

@@ -1,0 +1,98 @@
+"""`xtallm evaluate`: metrics of a set of samples against reference and training crystals.
+
+Samples: the sampler's/refiner's samples.jsonl, or a folder of CIFs. Reference: a CSV with a
+`cif` column (e.g. the held-out split). Train: CSVs novelty is checked against.
+Writes `metrics.json` (stable keys, rates as fractions of ALL samples; null where a metric was
+not computed, with the reason under `not_computed`) and `summary.md`. The metrics themselves
+are the functions of `suite.METRICS`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from typing import Any
+
+from xtallm.configs.recipe import option
+
+from ..samples import ReadReport, load_samples
+from .context import CrystalTable, EvalContext, parse_many
+
+METRIC_KEYS = (
+    "n_samples", "parse_rate", "struct_validity", "comp_validity", "validity", "uniqueness", "novelty",
+    "cov_recall", "cov_precision", "wdist_density", "wdist_n_elements", "sg_jsd", "p1_rate", "wyckoff_jsd",
+    "stable_rate", "metastable_rate", "sun_rate", "msun_rate",
+)
+
+
+@dataclass
+class EvaluateOptions:
+    """Every setting of `xtallm evaluate`, declared once (the CLI flags come from here)."""
+
+    num_proc: int = option(2, "worker processes for parsing, fingerprints and matching")
+    coverage: bool = option(True, "COV-R/COV-P (CrystalNN fingerprints; the slow part on CPU)")
+    coverage_cutoffs: str = option("mp20", "CDVAE cutoffs: mp20, carbon, perovskite or STRUCT,COMP")
+    coverage_all_parsed: bool = option(False, "COV over all parsed samples, as CDVAE's script does (default: valid samples only)")
+    hull: str | None = option(None, "reference energies from `xtallm hull build` (enables stability, S.U.N.)")
+    mlff: str | None = option(None, "potential for relaxations (default: the hull's; must match it); alone: monolayer energies only",
+                              choices=("sevennet", "chgnet"))
+    stability_subsample: int | None = option(None, "relax at most N valid samples (random, --seed)")
+    relax_steps: int = option(1500, "FIRE steps at most (FrechetCellFilter)")
+    fmax: float = option(0.05, "force convergence, eV/Å")
+    device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
+    seed: int = option(0, "seed of the stability subsample")
+    relaxed: str | None = option(None, "`xtallm relax` output for these samples: read, not recomputed")
+    use_cache: bool = option(True, "cache reference fingerprints under $XTALLM_CACHE", flag=False)
+
+    @property
+    def coverage_cutoffs_value(self) -> str | tuple[float, float]:
+        if "," in self.coverage_cutoffs:
+            try:
+                struct, comp = (float(x) for x in self.coverage_cutoffs.split(","))
+            except ValueError:
+                raise ValueError(f"--coverage-cutoffs {self.coverage_cutoffs!r}: expected a name or STRUCT,COMP") from None
+            return struct, comp
+        return self.coverage_cutoffs
+
+
+def evaluate(
+    samples: str | Path,
+    reference: str | Path,
+    train: list[str | Path] | None = None,
+    num_proc: int = 2,
+    train_meta: list[str | Path] | None = None,
+    options: EvaluateOptions | None = None,
+    **settings: Any,
+) -> dict[str, Any]:
+    """All metrics of `suite.METRICS`; `train_meta` are formula + cell tables (no positions) that also count as known.
+
+    Train tables with a `cif_layer_std` column (or `dim` = 2 rows) are 2D references: monolayer
+    samples are matched against those (both at the same vacuum), bulk samples against the bulk
+    tables. `settings` are EvaluateOptions fields (`coverage=False`, `hull=...`)."""
+    from . import stability as S
+    from .suite import METRICS
+
+    known = {f.name for f in fields(EvaluateOptions)}
+    if unknown := set(settings) - known:
+        raise TypeError(f"evaluate: unknown setting(s) {sorted(unknown)}")
+    o = replace(options or EvaluateOptions(), num_proc=num_proc, **settings)
+    o.coverage_cutoffs_value  # a bad cutoff spec fails now, not after the slow part
+    stability = S.StabilityJob.prepare(o.hull, o.mlff, o.relaxed, subsample=o.stability_subsample, steps=o.relax_steps,
+                                       fmax=o.fmax, device=o.device, seed=o.seed)  # mixed scales refused before any work
+    for path in [*(train or []), *(train_meta or [])]:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such training table")
+    report = ReadReport()
+    rows = load_samples(samples, report)
+    structures = parse_many([r.cif if r.ok else None for r in rows], o.num_proc, "reading samples")
+    ctx = EvalContext(rows, structures, CrystalTable.read(reference, o.num_proc), o, [str(t) for t in train or []],
+                      [str(t) for t in train_meta or []], stability=stability)
+    result: dict[str, Any] = {k: None for k in METRIC_KEYS}
+    for metric in METRICS:
+        result.update(metric(ctx))
+    result["inputs"] = {"samples_skipped": report.summary(), "n_parsed_but_unreadable_cif": sum(
+        r.ok and s is None for r, s in zip(rows, structures)), "reference_rows": ctx.reference.n_rows,
+        "reference_unreadable": ctx.reference.n_unreadable}
+    result["_plots"] = ctx.plots
+    result["not_computed"] = ctx.not_computed
+    return result

@@ -1,0 +1,178 @@
+"""The metrics of `xtallm evaluate`, one function each, run in the order of `METRICS`.
+
+A metric takes the `EvalContext` and returns the keys it adds to metrics.json (rates over ALL
+samples unless its name says otherwise); it records what it could not compute in
+`ctx.not_computed` and what is worth a plot in `ctx.plots`. A new metric is one function here
+plus one line in `METRICS`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable
+
+from tqdm.auto import tqdm
+
+from xtallm.tokenization import get_format
+from xtallm.tokenization.errors import XtallmError
+from xtallm.tokenization.record import CrystalRecord, detect_group
+
+from . import metrics as M
+from .context import EvalContext
+
+PROPERTY_CONDITIONS = ("band_gap", "formation_energy", "e_above_hull", "mag_density", "hhi")
+
+
+def parse_rate(ctx: EvalContext) -> dict[str, Any]:
+    return {"n_samples": ctx.n, "parse_rate": sum(s is not None for s in ctx.structures) / ctx.n}
+
+
+def validity(ctx: EvalContext) -> dict[str, Any]:
+    """Structural (distances >= 0.5 Å, volume >= 0.1 Å^3) and SMACT compositional validity (CDVAE)."""
+    return {"struct_validity": sum(ctx.struct_ok) / ctx.n, "comp_validity": sum(ctx.comp_ok) / ctx.n,
+            "validity": sum(ctx.valid) / ctx.n}
+
+
+def uniqueness(ctx: EvalContext) -> dict[str, Any]:
+    return {"uniqueness": len(ctx.unique) / ctx.n}
+
+
+def novelty(ctx: EvalContext) -> dict[str, Any]:
+    if ctx.novel is None:
+        ctx.not_computed["novelty"] = "no --train / --train-meta sets given"
+        return {}
+    sizes = ctx.train_sizes
+    out = {"novelty": sum(ctx.novel) / ctx.n, "n_train_reference": sizes["bulk"] + sizes["2d"] + sizes["cells"]}
+    if any(ctx.layer):
+        out["n_train_reference_2d"] = sizes["2d"]
+    return out
+
+
+def distributions(ctx: EvalContext) -> dict[str, Any]:
+    """Wasserstein distances of density and number of elements, valid samples vs the reference."""
+    valid, ref = ctx.valid_structures, ctx.reference.structures
+    ctx.plots.update(sample_density=[s.density for s in valid], reference_density=[s.density for s in ref],
+                     sample_n_elements=[len(s.composition.elements) for s in valid],
+                     reference_n_elements=[len(s.composition.elements) for s in ref])
+    return {"wdist_density": M.wdist(ctx.plots["sample_density"], ctx.plots["reference_density"]),
+            "wdist_n_elements": M.wdist(ctx.plots["sample_n_elements"], ctx.plots["reference_n_elements"])}
+
+
+def coverage(ctx: EvalContext) -> dict[str, Any]:
+    """COV-R / COV-P with CDVAE's fingerprints and cutoffs (see coverage.py for which samples count)."""
+    from . import coverage as C
+
+    o = ctx.options
+    if not o.coverage:
+        ctx.not_computed["cov_recall"] = ctx.not_computed["cov_precision"] = "coverage switched off (--no-coverage)"
+        return {}
+    cutoffs = C.cutoffs(o.coverage_cutoffs_value)
+    ref = ctx.reference
+    ref_struct, ref_comp = C.reference_fingerprints(ref.path, ref.cifs, ctx.num_proc, column=ref.column, use_cache=o.use_cache)
+    # the protocol: valid samples only; CDVAE's script itself fingerprints every constructed sample
+    covered = [s for s in ctx.structures if s is not None] if o.coverage_all_parsed else ctx.valid_structures
+    fp_struct, fp_comp = C.fingerprints(covered, ctx.num_proc, desc="coverage fingerprints")
+    cov = C.coverage(fp_struct, fp_comp, ref_struct, ref_comp, ctx.n, *cutoffs)
+    return {"cov_recall": cov.pop("cov_recall"), "cov_precision": cov.pop("cov_precision"),
+            "coverage": {**cov, "struct_cutoff": cutoffs[0], "comp_cutoff": cutoffs[1],
+                         "cutoffs": o.coverage_cutoffs if "," not in o.coverage_cutoffs else "custom",
+                         "samples": "all parsed" if o.coverage_all_parsed else "valid"}}
+
+
+def symmetry(ctx: EvalContext) -> dict[str, Any]:
+    """Space-group JSD over bulk samples vs bulk references, layer-group JSD likewise for monolayers, P1 rate."""
+    parsed = [g for g, s in zip(ctx.groups, ctx.structures) if s is not None]
+    ref = [g for g in ctx.reference.groups if g is not None]
+    bulk, bulk_ref = [g.number for g in parsed if g and g.dim == 3], [g.number for g in ref if g.dim == 3]
+    layer, layer_ref = [g.number for g in parsed if g and g.dim == 2], [g.number for g in ref if g.dim == 2]
+    ctx.plots.update(sample_groups=bulk, reference_groups=bulk_ref)
+    out = {"sg_jsd": M.distribution_jsd(bulk, bulk_ref) if bulk and bulk_ref else None,
+           "p1_rate": sum(g is not None and g.number == 1 for g in parsed) / ctx.n,
+           "n_reference": len(ctx.reference.structures)}
+    if bulk and not bulk_ref:
+        ctx.not_computed["sg_jsd"] = "the reference holds no bulk crystals"
+    if layer:
+        out["lg_jsd"] = M.distribution_jsd(layer, layer_ref) if layer_ref else None
+        if not layer_ref:
+            ctx.not_computed["lg_jsd"] = "the reference holds no monolayers"
+    return out
+
+
+def wyckoff(ctx: EvalContext) -> dict[str, Any]:
+    """JSD of `group:site` labels (the sample's own text when it is a Wyckoff record, else by analysis)."""
+    def labels(sample, structure, dim: int) -> list[str]:
+        try:
+            record = sample.record if sample is not None else None
+            return M.wyckoff_labels(record or CrystalRecord.from_structure(structure, dim=dim))
+        except (XtallmError, ValueError):
+            return []
+
+    mine = [x for r, s in zip(ctx.samples, ctx.structures) if s is not None for x in labels(r, s, r.dim or (2 if r.is_layer else 3))]
+    ref = [x for s, is2d in tqdm(list(zip(ctx.reference.structures, ctx.reference.is_layer)), desc="reference Wyckoff sites", leave=False)
+           for x in labels(None, s, 2 if is2d else 3)]
+    return {"wyckoff_jsd": M.distribution_jsd(mine, ref) if mine and ref else None}
+
+
+def layers(ctx: EvalContext) -> dict[str, Any]:
+    """Monolayer checks over the samples that claim dim=2 (rates over all of those samples)."""
+    indices = [i for i, is2d in enumerate(ctx.layer) if is2d]
+    if not indices:
+        return {}
+    n = len(indices)
+    detected = contiguous = vacuum_ok = requested = matched = 0
+    thickness = []
+    for i in indices:
+        sample, s = ctx.samples[i], ctx.structures[i]
+        if s is None:
+            continue
+        lg = detect_group(s, 2, symprec=0.1)
+        geometry = M.layer_geometry(s)
+        detected += lg is not None
+        contiguous += geometry["contiguous"]
+        vacuum_ok += geometry["vacuum_ok"]
+        thickness.append(geometry["thickness"])
+        if (want := sample.conditions.get("lg")) is not None:
+            requested += 1
+            matched += lg == want
+    novel = ctx.novel
+    out = {"n_2d": n, "layer_group_detected_rate": detected / n, "slab_contiguous_rate": contiguous / n,
+           "vacuum_ok_rate": vacuum_ok / n, "lg_match_rate": matched / requested if requested else None,
+           "mean_thickness": float(sum(thickness) / len(thickness)) if thickness else None,
+           "uniqueness_2d": sum(i in ctx.unique for i in indices) / n,
+           "novelty_2d": sum(novel[i] for i in indices) / n if novel is not None else None, "wdist_thickness": None}
+    ref_layers = [s for s, is2d in zip(ctx.reference.structures, ctx.reference.is_layer) if is2d]
+    if ref_layers:
+        ref_thickness = []
+        for s in ref_layers:
+            try:
+                ref_thickness.append(M.layer_geometry(s)["thickness"])
+            except Exception:  # a reference that is not a slab has no thickness
+                continue
+        out["wdist_thickness"] = M.wdist(thickness, ref_thickness)
+        ctx.plots["sample_thickness"], ctx.plots["reference_thickness"] = thickness, ref_thickness
+    return out
+
+
+def conditions(ctx: EvalContext) -> dict[str, Any]:
+    """Share of parsed samples honouring each requested condition that a structure alone decides."""
+    hits: dict[str, list[bool]] = {}
+    unjudged: set[str] = set()
+    for sample, s, g in zip(ctx.samples, ctx.structures, ctx.groups):
+        unjudged |= {k for k in sample.conditions if k in PROPERTY_CONDITIONS}
+        if s is None:
+            continue
+        for key, ok in M.condition_accuracy(sample.conditions, s, g.number if g else None).items():
+            hits.setdefault(key, []).append(ok)
+    if unjudged:
+        ctx.not_computed["conditional_accuracy"] = f"no property predictor for {', '.join(sorted(unjudged))}: not evaluated"
+    return {"conditional_accuracy": {k: {"rate": sum(v) / len(v), "n": len(v)} for k, v in hits.items()}}
+
+
+def stability(ctx: EvalContext) -> dict[str, Any]:
+    from .stability import stability_metrics
+
+    return stability_metrics(ctx)
+
+
+METRICS: list[Callable[[EvalContext], dict[str, Any]]] = [
+    parse_rate, validity, uniqueness, novelty, distributions, coverage, symmetry, layers, wyckoff, conditions, stability,
+]
