@@ -73,6 +73,42 @@ class TimeLimit:
         return time.monotonic() - self.started
 
 
+class RecipeRun:
+    """What a recipe's run (a dataclass with config, accelerator, model, optimizer, scheduler, progress,
+    metrics) shares: where it writes, how it checkpoints and how it resumes."""
+
+    def checkpoint_modules(self) -> dict[str, torch.nn.Module]:
+        return {}  # more modules saved with the model (the refiner's EMA)
+
+    @property
+    def output_dir(self) -> Path:
+        return Path(self.config.train.output_dir)
+
+    def checkpoint(self) -> Path:
+        """Metrics so far and a complete checkpoint of this step."""
+        if self.accelerator.is_main_process:
+            (self.output_dir / "metrics.partial.json").write_text(json.dumps(self.metrics))
+        return save_checkpoint(self.accelerator, self.output_dir, self.progress, self.model, self.optimizer, self.scheduler,
+                               modules=self.checkpoint_modules(), keep=self.config.train.keep_checkpoints)
+
+    def resume(self, allowed: bool = True) -> Path | None:
+        """Continue from the newest complete checkpoint, with the metrics it had; None: a fresh start."""
+        checkpoint = latest_checkpoint(self.output_dir) if allowed else None
+        if checkpoint is None:
+            return None
+        load_checkpoint(self.accelerator, checkpoint, self.progress, self.model, self.optimizer, self.scheduler,
+                        modules=self.checkpoint_modules())
+        self.accelerator.print(f"resumed from {checkpoint} at step {self.progress.step}")
+        partial = self.output_dir / "metrics.partial.json"
+        if partial.exists():
+            self.metrics = json.loads(partial.read_text())
+        return checkpoint
+
+    def finish_partial(self) -> None:
+        if self.accelerator.is_main_process:
+            (self.output_dir / "metrics.partial.json").unlink(missing_ok=True)
+
+
 # ---------------------------------------------------------------------------- checkpoints
 
 
@@ -241,6 +277,17 @@ def load_checkpoint(accelerator, path: str | Path, progress: Progress, model, op
     for key, value in state["progress"].items():
         setattr(progress, key, int(value))
     return state
+
+
+def run_entry_point(prog: str, main, args) -> int:
+    """`main(args)`, with bad input (recipe, data, checkpoint) answered in one line and exit status 2."""
+    import sys
+
+    try:
+        return main(args)
+    except (ValueError, OSError) as exc:
+        print(f"{prog}: error: {exc}", file=sys.stderr)
+        return 2
 
 
 def flat(tree: dict, prefix: str = "") -> dict:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from xtallm.configs.recipe import load_recipe, save_recipe
+from xtallm.tokenization.conditions import ORDER as CONDITION_KEYS
 
 
 @dataclass
@@ -59,12 +60,7 @@ class DataConfig:
     symprec: float = 0.1
     max_atoms: int | None = None
     max_length: int = 768  # tokens, prompt included; longer examples are dropped
-    conditions: list[str] = field(
-        default_factory=lambda: [
-            "dim", "sg", "lg", "formula", "elements", "n_atoms", "band_gap",
-            "formation_energy", "e_above_hull", "density", "mag_density", "hhi",
-        ]
-    )
+    conditions: list[str] = field(default_factory=lambda: list(CONDITION_KEYS))  # every known condition by default
     unconditional_prob: float = 0.2  # share of examples with no header at all
     condition_keep_prob: float = 0.5  # otherwise each available condition is kept with this chance
     always_conditions: list[str] = field(default_factory=list)  # kept in every prompt (e.g. [dim, lg] for a layer-group adapter)

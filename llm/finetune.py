@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from xtallm.configs.training import Progress, TimeLimit, flat, latest_checkpoint, load_checkpoint, mixed_precision, save_checkpoint
+from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, mixed_precision, run_entry_point
 from xtallm.llm.card import write_model_card
 from xtallm.llm.config import FinetuneConfig, load_config
 from xtallm.llm.data import PackedExamples, build_examples, collate
@@ -108,7 +108,7 @@ def save_final(model, tokenizer, config: FinetuneConfig, metrics: dict, accelera
 
 
 @dataclass
-class Run:
+class Run(RecipeRun):
     """One training run, set up: what the loop touches."""
 
     config: FinetuneConfig
@@ -125,15 +125,6 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     metrics: dict = field(default_factory=dict)
 
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.train.output_dir)
-
-    def checkpoint(self) -> None:
-        if self.accelerator.is_main_process:
-            (self.output_dir / "metrics.partial.json").write_text(json.dumps(self.metrics))
-        save_checkpoint(self.accelerator, self.output_dir, self.progress, self.model, self.optimizer, self.scheduler,
-                        keep=self.config.train.keep_checkpoints)
 
 
 def setup(config: FinetuneConfig) -> Run:
@@ -178,10 +169,6 @@ def setup(config: FinetuneConfig) -> Run:
 def _start(run: Run, resume: bool) -> None:
     """Resume from the newest complete checkpoint (if asked), say what will run, set up metrics."""
     accelerator, config = run.accelerator, run.config
-    checkpoint = latest_checkpoint(run.output_dir) if resume else None
-    if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, run.progress, run.model, run.optimizer, run.scheduler)
-        accelerator.print(f"resumed from {checkpoint} at step {run.progress.step}")
     total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     accelerator.init_trackers("xtallm", config={k: v for k, v in flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
     dropped = run.train_set.examples.dropped if isinstance(run.train_set, PackedExamples) else run.train_set.dropped
@@ -192,9 +179,7 @@ def _start(run: Run, resume: bool) -> None:
     )
     run.metrics = {"parameters": total, "trainable_parameters": trainable, "train_examples": len(run.train_set),
                    "eval_examples": len(run.eval_set), "history": []}
-    partial = run.output_dir / "metrics.partial.json"
-    if checkpoint is not None and partial.exists():
-        run.metrics = json.loads(partial.read_text())
+    run.resume(resume)  # restores the model, optimizer, schedule, RNG, position and the metrics so far
     if run.progress.step == 0:
         run.metrics["initial_eval_loss"] = evaluate_loss(run.model, run.eval_loader, accelerator)
 
@@ -286,8 +271,7 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     metrics.update(steps=run.progress.step, train_seconds=limit.elapsed, final_eval_loss=evals[-1] if evals else None,
                    final_sample_parse_rate=parses[-1] if parses else None)
     save_final(run.model, run.tokenizer, config, metrics, accelerator, run.output_dir)
-    if accelerator.is_main_process:
-        (run.output_dir / "metrics.partial.json").unlink(missing_ok=True)
+    run.finish_partial()
     accelerator.end_training()
     return metrics
 
@@ -299,11 +283,7 @@ def _has(module: str) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
-        return _main(args)
-    except (ValueError, OSError) as exc:  # bad recipe, data or checkpoint: one line, no traceback
-        print(f"llm/finetune.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_entry_point("llm/finetune.py", _main, args)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -104,26 +104,11 @@ def _site_rules(
         return out
 
     start = (0, 0, 0, 0, False)
-    edges: dict[tuple, list] = {}
-    todo = [start]
-    size = 0
-    while todo:
-        state = todo.pop()
-        if state in edges:
-            continue
-        edges[state] = moves(state)
-        size += len(edges[state])
-        if size > EXPLORE_LIMIT:
-            return [], None, EXPLORE_LIMIT + 1
-        todo.extend(move[-1] for move in edges[state] if move[-1] not in edges)
-    live = {accept}
-    changed = True
-    while changed:  # states from which the end is reachable
-        changed = False
-        for state, out in edges.items():
-            if state not in live and any(move[-1] in live for move in out):
-                live.add(state)
-                changed = True
+    explored = _explore(start, moves)
+    if explored is None:
+        return [], None, EXPLORE_LIMIT + 1
+    edges, size = explored
+    live = _live_states(edges, accept)
     if start not in live:
         return [], None, size
 
@@ -151,6 +136,36 @@ def _site_rules(
                 options.append(f"{who} {prefix}_w{i}{rest}")
         rules.append(f"{name(state)} ::= " + " | ".join(options))
     return rules, name(start), size
+
+
+def _explore(start: tuple, moves) -> tuple[dict[tuple, list], int] | None:
+    """Every state reachable from `start` with its moves, and the edge count; None past EXPLORE_LIMIT edges."""
+    edges: dict[tuple, list] = {}
+    todo = [start]
+    size = 0
+    while todo:
+        state = todo.pop()
+        if state in edges:
+            continue
+        edges[state] = moves(state)
+        size += len(edges[state])
+        if size > EXPLORE_LIMIT:
+            return None
+        todo.extend(move[-1] for move in edges[state] if move[-1] not in edges)
+    return edges, size
+
+
+def _live_states(edges: dict[tuple, list], accept: tuple) -> set[tuple]:
+    """States from which the accepting state is reachable (only those become rules)."""
+    live = {accept}
+    changed = True
+    while changed:
+        changed = False
+        for state, out in edges.items():
+            if state not in live and any(move[-1] in live for move in out):
+                live.add(state)
+                changed = True
+    return live
 
 
 def _compositions(conditions: dict[str, Any], max_atoms: int, max_formula_units: int) -> tuple[tuple[Block, ...], ...]:

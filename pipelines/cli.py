@@ -215,7 +215,11 @@ def quiet_third_party(verbose: bool) -> None:
     """A user sees progress bars and a summary, not pages of INFO logs (`--verbose` brings them back)."""
     if verbose:
         return
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
+    import warnings
+
+    warnings.simplefilter("ignore")
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # vLLM's engine and worker processes inherit it
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     for name in ("vllm", "transformers", "datasets", "accelerate", "torch", "matminer", "pymatgen"):

@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from xtallm.configs.training import Progress, TimeLimit, flat, latest_checkpoint, load_checkpoint, mixed_precision, save_checkpoint
+from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, mixed_precision, run_entry_point
 from xtallm.refiner.checkpoint import save_refiner
 from xtallm.refiner.config import RefinerConfig, load_refiner_config
 from xtallm.refiner.crystal import CrystalArrays
@@ -75,7 +75,7 @@ def evaluate(model, crystals, indices, vocab, config: RefinerConfig, accelerator
 
 
 @dataclass
-class Run:
+class Run(RecipeRun):
     config: RefinerConfig
     accelerator: Accelerator
     model: Denoiser
@@ -91,15 +91,8 @@ class Run:
     progress: Progress = field(default_factory=Progress)
     metrics: dict = field(default_factory=dict)
 
-    @property
-    def output_dir(self) -> Path:
-        return Path(self.config.train.output_dir)
-
-    def checkpoint(self) -> None:
-        if self.accelerator.is_main_process:
-            (self.output_dir / "metrics.partial.json").write_text(json.dumps(self.metrics))
-        save_checkpoint(self.accelerator, self.output_dir, self.progress, self.model, self.optimizer, self.scheduler,
-                        modules={"ema": self.ema}, keep=self.config.train.keep_checkpoints)
+    def checkpoint_modules(self) -> dict:
+        return {"ema": self.ema}
 
 
 def setup(config: RefinerConfig) -> Run:
@@ -134,10 +127,6 @@ def setup(config: RefinerConfig) -> Run:
 
 def _start(run: Run, resume: bool) -> None:
     accelerator, config = run.accelerator, run.config
-    checkpoint = latest_checkpoint(run.output_dir) if resume else None
-    if checkpoint is not None:
-        load_checkpoint(accelerator, checkpoint, run.progress, run.model, run.optimizer, run.scheduler, modules={"ema": run.ema})
-        accelerator.print(f"resumed from {checkpoint} at step {run.progress.step}")
     n_params = count_parameters(accelerator.unwrap_model(run.model))
     accelerator.init_trackers("refiner", config={k: v for k, v in flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
     accelerator.print(
@@ -146,9 +135,7 @@ def _start(run: Run, resume: bool) -> None:
         f"mixed precision {accelerator.mixed_precision}"
     )
     run.metrics = {"parameters": n_params, "train_crystals": len(run.train_idx), "eval_crystals": len(run.eval_idx), "history": []}
-    partial = run.output_dir / "metrics.partial.json"
-    if checkpoint is not None and partial.exists():
-        run.metrics = json.loads(partial.read_text())
+    run.resume(resume)  # restores the model, optimizer, schedule, RNG, position and the metrics so far
     if run.progress.step == 0:
         run.metrics["initial_eval"] = evaluate(run.model, run.crystals, run.eval_idx, run.vocab, config, accelerator)
 
@@ -246,11 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-resume", action="store_true")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-4")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
-    try:
-        return _main(args)
-    except (ValueError, OSError) as exc:  # bad recipe, data or checkpoint: one line, no traceback
-        print(f"refiner/train.py: error: {exc}", file=sys.stderr)
-        return 2
+    return run_entry_point("refiner/train.py", _main, args)
 
 
 def _main(args: argparse.Namespace) -> int:

@@ -1,29 +1,41 @@
-"""Crystal <-> symmetry-aware record <-> text, for space groups and layer groups."""
+"""Crystal <-> symmetry-aware record <-> text, for space groups and layer groups.
+
+Names are imported on first use (PEP 562), so a light submodule (`conditions`, `tokenizer`) can be
+imported on a machine without the crystal stack (a bare GPU box training on pretokenized data).
+"""
 
 from __future__ import annotations
 
+from importlib import import_module
 from typing import Any, Mapping
 
-from pymatgen.core import Structure
+_NAMES = {
+    "get_format": ".formats", "FORMATS": ".formats", "split_header": ".formats",
+    "CrystalRecord": ".record", "Site": ".record", "detect_group": ".record",
+    "get_group": ".symmetry", "GroupId": ".symmetry",
+    "ParseError": ".errors", "EncodeError": ".errors", "ConditionError": ".errors", "XtallmError": ".errors",
+    "format_header": ".conditions", "parse_header": ".conditions", "validate_conditions": ".conditions",
+}
 
-from .conditions import format_header, parse_header, validate_conditions
-from .errors import ConditionError, EncodeError, ParseError, XtallmError
-from .formats import FORMATS, get_format, split_header
-from .record import CrystalRecord, Site, detect_group
-from .symmetry import get_group
 
-
-def encode(structure: Structure, fmt: str = "wyckoff", conditions: Mapping[str, Any] | None = None, **options) -> str:
+def encode(structure, fmt: str = "wyckoff", conditions: Mapping[str, Any] | None = None, **options) -> str:
     """Text of `structure` in format `fmt`, with an optional conditions header line."""
+    from .formats import get_format
+
     return get_format(fmt, **options).encode(structure, conditions)
 
 
-def decode(text: str, fmt: str = "wyckoff", **options) -> Structure:
+def decode(text: str, fmt: str = "wyckoff", **options):
     """Structure from text; raises ParseError saying what is wrong and where."""
+    from .formats import get_format
+
     return get_format(fmt, **options).decode(text)
 
 
-__all__ = [
-    "encode", "decode", "get_format", "FORMATS", "split_header", "CrystalRecord", "Site", "get_group", "detect_group",
-    "ParseError", "EncodeError", "ConditionError", "XtallmError", "format_header", "parse_header", "validate_conditions",
-]
+def __getattr__(name: str):
+    if name in _NAMES:
+        return getattr(import_module(_NAMES[name], __name__), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["encode", "decode", *_NAMES]

@@ -11,13 +11,14 @@ import math
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 
-from pymatgen.core import Composition, Element, Structure
-from pymatgen.util.string import formula_double_format
-
 from .errors import ConditionError
+
+# pymatgen is imported where a value is checked, so the specs and keys load without the crystal stack
 
 
 def _elements(value: Any) -> str:
+    from pymatgen.core import Element
+
     items = value if isinstance(value, (list, tuple, set)) else str(value).replace(" ", "").split(",")
     symbols = []
     for item in items:
@@ -36,6 +37,8 @@ def _elements(value: Any) -> str:
 
 
 def _formula(value: Any) -> str:
+    from pymatgen.core import Composition, Element
+
     text = str(value).strip()
     try:
         comp = Composition(text)
@@ -49,14 +52,16 @@ def _formula(value: Any) -> str:
     return plain_formula(comp)
 
 
-def _electronegativity(el: Element) -> float:
+def _electronegativity(el) -> float:
     """Pauling X, with noble gases (no value, NaN in pymatgen) last so the order is total."""
     x = el.X
     return 100.0 if math.isnan(x) else x
 
 
-def plain_formula(comp: Composition) -> str:
+def plain_formula(comp) -> str:
     """Reduced formula without brackets (Dy2C(NO)2 -> Dy2CN2O2): one spelling per composition."""
+    from pymatgen.util.string import formula_double_format
+
     reduced, _ = comp.get_reduced_composition_and_factor()
     parts = []
     for el, amount in sorted(reduced.items(), key=lambda kv: (_electronegativity(kv[0]), kv[0].symbol)):
@@ -74,6 +79,7 @@ class ConditionSpec:
     decimals: int = 2
     normalize: Callable[[Any], str] | None = None
     help: str = ""
+    columns: tuple[str, ...] = ()  # table columns a property is read from (first found wins); () = derived from the crystal
 
     def parse(self, value: Any) -> Any:
         """Validated, canonical value; raises ConditionError naming the key and the problem."""
@@ -108,15 +114,17 @@ SPECS: dict[str, ConditionSpec] = {
         ConditionSpec("formula", "str", normalize=_formula, help="reduced formula, e.g. MoS2"),
         ConditionSpec("elements", "str", normalize=_elements, help="comma-separated elements, e.g. Mo,S"),
         ConditionSpec("n_atoms", "int", 1, 1000, help="atoms in the conventional cell"),
-        ConditionSpec("band_gap", "float", 0, 30, help="eV"),
-        ConditionSpec("formation_energy", "float", -15, 10, help="eV/atom"),
-        ConditionSpec("e_above_hull", "float", 0, 10, decimals=3, help="eV/atom"),
+        ConditionSpec("band_gap", "float", 0, 30, help="eV", columns=("band_gap", "band_gap_eV")),
+        ConditionSpec("formation_energy", "float", -15, 10, help="eV/atom", columns=("formation_energy_per_atom", "formation_energy")),
+        ConditionSpec("e_above_hull", "float", 0, 10, decimals=3, help="eV/atom", columns=("e_above_hull", "energy_above_hull")),
         ConditionSpec("density", "float", 0.01, 30, help="g/cm^3"),
-        ConditionSpec("mag_density", "float", 0, 10, decimals=3, help="Bohr magneton per Å^3"),
+        ConditionSpec("mag_density", "float", 0, 10, decimals=3, help="Bohr magneton per Å^3", columns=("mag_density",)),
         ConditionSpec("hhi", "float", 0, 10000, decimals=0, help="Herfindahl-Hirschman index of production"),
     ]
 }
 ORDER = list(SPECS)
+# properties read from a table's columns (DFT results): no structure alone decides them
+PROPERTY_COLUMNS = {s.key: s.columns for s in SPECS.values() if s.columns}
 
 
 def validate_conditions(conditions: Mapping[str, Any] | None) -> dict[str, Any]:
@@ -137,6 +145,8 @@ def validate_conditions(conditions: Mapping[str, Any] | None) -> dict[str, Any]:
     if out.get("dim") == 3 and "lg" in out:
         raise ConditionError("dim=3 with lg: bulk crystals take a space group (sg)")
     if "formula" in out and "elements" in out:
+        from pymatgen.core import Composition
+
         formula_elements = _elements([e.symbol for e in Composition(out["formula"]).elements])
         if formula_elements != out["elements"]:
             raise ConditionError(f"formula {out['formula']} contradicts elements {out['elements']}")
@@ -167,7 +177,7 @@ def parse_condition_args(items: list[str] | None) -> dict[str, Any]:
     return parse_header(" ".join(items or []))
 
 
-def structure_conditions(structure: Structure, dim: int, group: int | None) -> dict[str, Any]:
+def structure_conditions(structure, dim: int, group: int | None) -> dict[str, Any]:
     """Conditions that follow from the crystal itself (everything but the DFT properties)."""
     from pymatgen.analysis.hhi import HHIModel
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from .conditions import structure_conditions, validate_conditions
+from .conditions import PROPERTY_COLUMNS, structure_conditions, validate_conditions
 from .errors import XtallmError
 from xtallm.configs.recipe import option
 
@@ -29,13 +29,6 @@ from .formats import FORMATS, get_format, parse_cif
 from .formats.wyckoff import WyckoffFormat
 
 CACHE_VERSION = "2"
-# property condition -> columns it may come from, first match wins
-PROPERTY_COLUMNS = {
-    "band_gap": ("band_gap", "band_gap_eV"),
-    "formation_energy": ("formation_energy_per_atom", "formation_energy"),
-    "e_above_hull": ("e_above_hull", "energy_above_hull"),
-    "mag_density": ("mag_density",),
-}
 ID_COLUMNS = ("material_id", "mc2d_structure_label", "id")
 TABLE_SUFFIXES = (".csv", ".tsv", ".json", ".jsonl", ".parquet")
 

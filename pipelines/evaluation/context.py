@@ -4,7 +4,6 @@ metrics share (validity flags, uniqueness, novelty, groups), each computed once,
 
 from __future__ import annotations
 
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -15,23 +14,16 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from xtallm.tokenization.formats import parse_cif
 from xtallm.tokenization.record import detect_group
 from xtallm.tokenization.symmetry import GroupId
 
-from ..samples import Sample
+from ..samples import Sample, read_cif
 from . import metrics as M
 
 
 def parse(cif: str | None) -> Structure | None:
-    if not cif:
-        return None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            return parse_cif(cif)
-    except ValueError:
-        return None
+    """The structure of a CIF, None for none or one pymatgen cannot read."""
+    return read_cif(cif) if cif else None
 
 
 def parse_many(cifs: list[str | None], num_proc: int, desc: str) -> list[Structure | None]:

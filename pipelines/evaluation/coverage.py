@@ -230,17 +230,9 @@ def fingerprint(structure: Structure | None) -> tuple[np.ndarray, np.ndarray] | 
 
 
 def _fingerprint_cif(cif: str | None) -> tuple[np.ndarray, np.ndarray] | None:
-    if cif is None:
-        return None
-    from xtallm.tokenization.formats import parse_cif
+    from ..samples import read_cif
 
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            structure = parse_cif(cif)
-    except ValueError:
-        return None
-    return fingerprint(structure)
+    return fingerprint(read_cif(cif)) if cif is not None else None
 
 
 def _stack(results: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.ndarray, np.ndarray]:
@@ -253,22 +245,22 @@ def _stack(results: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.
     return s, c
 
 
+def _pooled(fn, items: Sequence, num_proc: int, desc: str) -> list:
+    """`fn` over `items` in input order, in worker processes when there are enough of them."""
+    if num_proc <= 1 or len(items) < 16:
+        return [fn(x) for x in tqdm(items, desc=desc, leave=False)]
+    with ProcessPoolExecutor(num_proc) as pool:
+        return list(tqdm(pool.map(fn, items, chunksize=8), total=len(items), desc=desc, leave=False))
+
+
 def fingerprints(structures: Sequence[Structure | None], num_proc: int = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
     """Structure and raw composition fingerprints of many crystals, in parallel (NaN rows where none)."""
-    if num_proc <= 1 or len(structures) < 16:
-        return _stack([fingerprint(s) for s in tqdm(structures, desc=desc, leave=False)])
-    with ProcessPoolExecutor(num_proc) as pool:
-        results = list(tqdm(pool.map(fingerprint, structures, chunksize=8), total=len(structures), desc=desc, leave=False))
-    return _stack(results)
+    return _stack(_pooled(fingerprint, structures, num_proc, desc))
 
 
 def fingerprints_of_cifs(cifs: Sequence[str | None], num_proc: int = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
     """As `fingerprints`, from CIF text (cheaper to send to worker processes than structures)."""
-    if num_proc <= 1 or len(cifs) < 16:
-        return _stack([_fingerprint_cif(c) for c in tqdm(cifs, desc=desc, leave=False)])
-    with ProcessPoolExecutor(num_proc) as pool:
-        results = list(tqdm(pool.map(_fingerprint_cif, cifs, chunksize=8), total=len(cifs), desc=desc, leave=False))
-    return _stack(results)
+    return _stack(_pooled(_fingerprint_cif, cifs, num_proc, desc))
 
 
 def cache_dir() -> Path:

@@ -12,14 +12,14 @@ from typing import Any, Callable
 
 from tqdm.auto import tqdm
 
-from xtallm.tokenization import get_format
+from xtallm.tokenization.conditions import PROPERTY_COLUMNS
 from xtallm.tokenization.errors import XtallmError
 from xtallm.tokenization.record import CrystalRecord, detect_group
 
 from . import metrics as M
 from .context import EvalContext
 
-PROPERTY_CONDITIONS = ("band_gap", "formation_energy", "e_above_hull", "mag_density", "hhi")
+PROPERTY_CONDITIONS = (*PROPERTY_COLUMNS, "hhi")  # no predictor here decides these from a structure
 
 
 def parse_rate(ctx: EvalContext) -> dict[str, Any]:
