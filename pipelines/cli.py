@@ -27,12 +27,14 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
-def _groups_line(groups: dict[str, int], top: int = 6) -> str:
+def _groups_line(groups: dict[str, int], dims: dict[str, int] | None = None, top: int = 6) -> str:
+    """`; 87 bulk + 13 monolayers; groups sg 14: 10, ...` (the mix is drawn by the model unless dim= is given)."""
     if not groups:
         return ""
+    mix = f"; {dims['bulk']} bulk + {dims['2d']} monolayers" if dims else ""
     shown = ", ".join(f"{g}: {n}" for g, n in list(groups.items())[:top])
     more = len(groups) - top
-    return f"; groups {shown}" + (f" (+{more} more)" if more > 0 else "")
+    return f"{mix}; groups {shown}" + (f" (+{more} more)" if more > 0 else "")
 
 
 def _sample(args: argparse.Namespace) -> int:
@@ -45,7 +47,7 @@ def _sample(args: argparse.Namespace) -> int:
     s = run_sample(job)
     rate = f", {s['samples_per_s']:.1f} samples/s, {s['tokens_per_s']:.0f} tokens/s" if s["samples_per_s"] else ""
     print(f"{s['samples']} samples ({s['generated_now']} new), parse rate {s['parse_rate']:.3f}{rate}"
-          f"{_groups_line(s['groups'])} -> {args.out}/samples.jsonl")
+          f"{_groups_line(s['groups'], s.get('dims'))} -> {args.out}/samples.jsonl")
     return 0
 
 
@@ -101,8 +103,18 @@ def _generate(args: argparse.Namespace) -> int:
     s = run_generate(config, args.out, args.num_samples, parse_condition_args(args.condition), args.conditions_file)
     refined = s["refine"]
     extra = f", {refined['refined']} refined (group kept {refined['group_kept_rate']:.3f})" if refined and refined["group_kept_rate"] is not None else ""
-    print(f"{s['samples']} samples, parse rate {s['parse_rate']:.3f}{extra}{_groups_line(s['groups'])} in {s['total_seconds']:.0f} s "
+    print(f"{s['samples']} samples, parse rate {s['parse_rate']:.3f}{extra}{_groups_line(s['groups'], s.get('dims'))} in {s['total_seconds']:.0f} s "
           f"-> {args.out}/samples.jsonl, {args.out}/cif/")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from .export import export
+
+    s = export(args.format, args.samples, args.out, n=args.n, relaxed=args.relaxed)
+    relaxed = f", relaxed with {s['relaxed_with']}" if s["relaxed"] else ", as generated (not relaxed)"
+    print(f"{s['n_structures']} structures from the first {s['samples_read']} samples ({s['samples_without_a_crystal']} without "
+          f"a crystal){relaxed} -> {args.out}/structures.csv, {args.out}/cifs.zip")
     return 0
 
 
@@ -203,6 +215,14 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--fixed-lattice", dest="refine_lattice", action="store_false", default=None, help="= --no-refine-lattice")
     r.add_argument("--no-check", dest="check_symmetry", action="store_false", default=None, help="= --no-check-symmetry")
     r.set_defaults(func=_refine)
+
+    xp = sub.add_parser("export", help="samples in another benchmark's submission format (LeMat-GenBench)")
+    xp.add_argument("samples", help="samples.jsonl or a folder of CIFs")
+    xp.add_argument("--format", required=True, choices=["lemat-genbench"])
+    xp.add_argument("--out", required=True, help="a new folder")
+    xp.add_argument("--n", type=int, default=2500, help="structures to export: the first N samples with a crystal (default: 2500)")
+    xp.add_argument("--relaxed", default=None, help="`xtallm relax` output: export the relaxed structures (marked as pre-relaxed)")
+    xp.set_defaults(func=_export)
 
     d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
     d.add_argument("--out", default="outputs/demo")

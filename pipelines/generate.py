@@ -73,6 +73,7 @@ def run_generate(
         "samples": sampled["samples"],
         "parse_rate": sampled["parse_rate"],
         "groups": sampled["groups"],
+        "dims": sampled["dims"],
         "model": resolve_model(s.model),
         "adapter": s.adapter,
         "backend": s.backend,

@@ -147,6 +147,7 @@ def run_sample(job: SampleJob, sampler: Sampler | None = None) -> dict[str, Any]
         "constrained": o.constrained,
         "format": fmt,
         "groups": _group_counts(rows),
+        "dims": {"bulk": sum(r.ok and r.dim == 3 for r in rows), "2d": sum(r.ok and r.dim == 2 for r in rows)},
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary

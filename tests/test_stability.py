@@ -161,3 +161,35 @@ def test_mlff_artefact_energies_count_as_failed(tmp_path):
     r = cached_relaxation(row)
     assert r.energy is None and "artefact" in r.error
     assert cached_relaxation({**row, "energy": -6.0, "energy_per_atom": -3.0}).energy == -6.0
+
+
+def test_mp_anchored_hull_and_formation_energy(small_hull, tmp_path):
+    """The matbench-discovery style hull moves each known phase by MP's own e_above_hull; formation energies use
+    the same potential's elemental references; the hull reports how many samples' chemical systems it holds."""
+    _, known, out = small_hull
+    mp = tmp_path / "mp.csv"
+    pd.DataFrame({"material_id": STABLE, "energy_above_hull_eV_per_atom_MP": [0.0, 0.05]}).to_csv(mp, index=False)
+    plain, anchored = S.Hull(out), S.Hull(out, anchor=str(mp))
+    si = next(e for e in plain.entries if e.entry_id == "mp-149")
+    si_anchored = next(e for e in anchored.entries if e.entry_id == "mp-149")
+    assert abs(si.energy_per_atom - si_anchored.energy_per_atom - 0.05) < 1e-9
+    assert anchored.anchor["references_anchored"] == 2
+    nacl = next(e for e in plain.entries if e.entry_id == "mp-22862")
+    fe = plain.formation_energy(nacl.composition, nacl.energy)
+    assert -5.0 < fe < -1.0  # NaCl: about -2 eV/atom; the Na and Cl references are SevenNet energies too
+    from pymatgen.core import Composition
+
+    assert plain.chemical_systems_covered([Composition("NaCl"), Composition("Si"), Composition("NaSi")]) == 2 / 3
+    rows = [{"id": "s0", "ok": True, "cif": known.cif.iloc[0], "group": None, "conditions": {"formation_energy": -2.0}}]
+    samples = tmp_path / "s.jsonl"
+    samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    r = evaluate(samples, _ref(known, tmp_path), None, num_proc=1, coverage=False, hull=str(out),
+                 hull_anchor=str(mp), relax_steps=20, device="cpu")
+    assert r["hull_entries"] == 4 and r["hull_chemsys_coverage"] == 1.0 and "metastable_rate_mp_anchored" in r
+    assert r["formation_energy_conditioning"]["n_scored"] == 1 and r["formation_energy_conditioning"]["mae"] < 3
+
+
+def _ref(known, tmp_path):
+    path = tmp_path / "ref.csv"
+    known.to_csv(path, index=False)
+    return path

@@ -110,6 +110,7 @@ class EvalContext:
     plots: dict[str, Any] = field(default_factory=dict)
     input_problems: dict[str, Any] = field(default_factory=dict)
     stability: Any = None  # stability.StabilityJob, or None without --hull/--mlff
+    result: dict[str, Any] = field(default_factory=dict)  # what the metrics run so far returned
 
     @property
     def n(self) -> int:

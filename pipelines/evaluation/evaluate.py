@@ -20,7 +20,7 @@ from .context import CrystalTable, EvalContext, parse_many
 
 METRIC_KEYS = (
     "n_samples", "parse_rate", "struct_validity", "comp_validity", "validity", "uniqueness", "novelty",
-    "cov_recall", "cov_precision", "wdist_density", "wdist_n_elements", "sg_jsd", "p1_rate", "wyckoff_jsd",
+    "cov_recall", "cov_precision", "cov_recall_valid", "cov_precision_valid", "wdist_density", "wdist_n_elements", "sg_jsd", "p1_rate", "wyckoff_jsd",
     "stable_rate", "metastable_rate", "sun_rate", "msun_rate",
 )
 
@@ -32,10 +32,11 @@ class EvaluateOptions:
     num_proc: int = option(2, "worker processes for parsing, fingerprints and matching")
     coverage: bool = option(True, "COV-R/COV-P (CrystalNN fingerprints; the slow part on CPU)")
     coverage_cutoffs: str = option("mp20", "CDVAE cutoffs: mp20, carbon, perovskite or STRUCT,COMP")
-    coverage_all_parsed: bool = option(False, "COV over all parsed samples, as CDVAE's script does (default: valid samples only)")
     hull: str | None = option(None, "reference energies from `xtallm hull build` (enables stability, S.U.N.)")
     mlff: str | None = option(None, "potential for relaxations (default: the hull's; must match it); alone: monolayer energies only",
                               choices=("sevennet", "chgnet"))
+    hull_anchor: str | None = option(None, "known materials' own e_above_hull (shared/data/hull/mp_153k_ehull.csv.xz): also report "
+                                            "rates against MP's hull as the MLFF sees its known phases (matbench-discovery style)")
     stability_subsample: int | None = option(None, "relax at most N valid samples (random, --seed)")
     relax_steps: int = option(1500, "FIRE steps at most (FrechetCellFilter)")
     fmax: float = option(0.05, "force convergence, eV/Å")
@@ -77,7 +78,7 @@ def evaluate(
         raise TypeError(f"evaluate: unknown setting(s) {sorted(unknown)}")
     o = replace(options or EvaluateOptions(), num_proc=num_proc, **settings)
     o.coverage_cutoffs_value  # a bad cutoff spec fails now, not after the slow part
-    stability = S.StabilityJob.prepare(o.hull, o.mlff, o.relaxed, subsample=o.stability_subsample, steps=o.relax_steps,
+    stability = S.StabilityJob.prepare(o.hull, o.mlff, o.relaxed, o.hull_anchor, subsample=o.stability_subsample, steps=o.relax_steps,
                                        fmax=o.fmax, device=o.device, seed=o.seed)  # mixed scales refused before any work
     for path in [*(train or []), *(train_meta or [])]:
         if not Path(path).is_file():
@@ -87,7 +88,8 @@ def evaluate(
     structures = parse_many([r.cif if r.ok else None for r in rows], o.num_proc, "reading samples")
     ctx = EvalContext(rows, structures, CrystalTable.read(reference, o.num_proc), o, [str(t) for t in train or []],
                       [str(t) for t in train_meta or []], stability=stability)
-    result: dict[str, Any] = {k: None for k in METRIC_KEYS}
+    result: dict[str, Any] = ctx.result
+    result.update({k: None for k in METRIC_KEYS})
     for metric in METRICS:
         result.update(metric(ctx))
     result["inputs"] = {"samples_skipped": report.summary(), "n_parsed_but_unreadable_cif": sum(

@@ -40,7 +40,8 @@ class HullOptions:
     limit: int | None = option(None, "first N rows of each table")
     device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
     elements: bool = option(True, "add ASE elemental references for elements without an elemental structure")
-    workers: int = option(1, "parallel relaxations, each with its own potential")
+    workers: int = option(1, "parallel relaxations, each with its own potential (engine ase)")
+    engine: str = option("auto", "auto: batched FIRE for SevenNet, ASE per crystal otherwise", choices=("auto", "batched", "ase"))
 
 
 @dataclass
@@ -50,23 +51,29 @@ class HullJob:
     options: HullOptions = field(default_factory=HullOptions)
 
 
-def _known(paths: list[str], limit: int | None) -> Iterator[tuple[str, str, Structure]]:
+def _known(paths: list[str], limit: int | None, skip: set[str] = frozenset()) -> Iterator[tuple[str, str, Structure]]:
+    """(id, source, structure) of every readable known crystal; ids in `skip` are not parsed at all."""
     from xtallm.tokenization.formats import parse_cif
 
     for path in paths:
+        if not Path(path).is_file():
+            raise FileNotFoundError(f"{path}: no such table of known structures")
         table = pd.read_csv(path)
         column = "cif" if "cif" in table.columns else "cif_layer_std" if "cif_layer_std" in table.columns else None
         if column is None:
             raise ValueError(f"{path}: no 'cif' column with known structures")
-        ids = next((table[c].astype(str) for c in ID_COLUMNS if c in table.columns), None)
         if limit is not None:
             table = table.head(limit)
+        ids = next((table[c].astype(str) for c in ID_COLUMNS if c in table.columns), None)
+        sources = table["source"].astype(str) if "source" in table.columns else None
         for i, cif in enumerate(table[column]):
             sid = ids.iloc[i] if ids is not None else f"{Path(path).name}:{i}"
+            if sid in skip:
+                continue
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
-                    yield sid, Path(path).name, parse_cif(cif)
+                    yield sid, sources.iloc[i] if sources is not None else Path(path).name, parse_cif(cif)
             except ValueError:
                 continue  # an unreadable CIF is not a reference
 
@@ -88,13 +95,16 @@ def build_hull(job: HullJob) -> dict:
         if used and used != {(o.mlff, S.MLFFS[o.mlff])}:
             raise S.MixedEnergyScalesError(f"{out} holds energies of {sorted(used)}; resuming it with {o.mlff} would mix potentials")
     done = _done(out)
-    known = list(_known(job.structures, o.limit))
-    if not known:
+    todo = list(_known(job.structures, o.limit, skip=done))
+    if not todo and not done:
         raise ValueError(f"no readable structures in {job.structures}")
-    todo = [(sid, src, s) for sid, src, s in known if sid not in done]
     if o.elements:
-        elements = sorted({e.symbol for _, _, s in known for e in s.composition.elements})
-        have = {s.composition.elements[0].symbol for _, _, s in known if len(s.composition.elements) == 1}
+        previous = pd.read_csv(out) if done else pd.DataFrame({"formula": []})
+        from pymatgen.core import Composition
+
+        formulas = [s.composition for _, _, s in todo] + [Composition(f) for f in previous["formula"]]
+        elements = sorted({e.symbol for c in formulas for e in c.elements})
+        have = {c.elements[0].symbol for c in formulas if len(c.elements) == 1}
         todo += [(f"element:{el}", "ase-reference", S.elemental_reference(el)) for el in elements
                  if el not in have and f"element:{el}" not in done]
     from .relax import relax_many
@@ -108,7 +118,7 @@ def build_hull(job: HullJob) -> dict:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
-        for (sid, src), r in relax_many(items, o.mlff, o.steps, o.fmax, o.device, o.workers, desc="hull"):
+        for (sid, src), r in relax_many(items, o.mlff, o.steps, o.fmax, o.device, o.workers, desc="hull", engine=o.engine):
             corrected, reason = (None, r.error)
             if r.energy is not None:
                 corrected, reason = S.corrected_energy(o.mlff, r.structure, r.energy)

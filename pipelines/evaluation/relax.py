@@ -43,15 +43,35 @@ def _relax_one(key: Any, structure: Structure, steps: int, fmax: float, dim: int
         return key, S.relax(structure, _CALCULATOR, steps=steps, fmax=fmax, dim=dim)
 
 
+ENGINES = ("auto", "batched", "ase")
+
+
+def engine_for(engine: str, mlff: str) -> str:
+    """`auto`: batched FIRE for SevenNet (batch_relax.py), ASE's FIRE + FrechetCellFilter per crystal otherwise."""
+    if engine not in ENGINES:
+        raise ValueError(f"relaxation engine must be one of {', '.join(ENGINES)}, got {engine!r}")
+    if engine == "batched" and mlff != "sevennet":
+        raise ValueError(f"the batched engine runs SevenNet only; use --engine ase for {mlff}")
+    return ("batched" if mlff == "sevennet" else "ase") if engine == "auto" else engine
+
+
 def relax_many(items: Iterable[tuple[Any, Structure, int]], mlff: str, steps: int = S.MAX_STEPS,
                fmax: float = S.DEFAULT_FMAX, device: str | None = None, workers: int = 1,
-               desc: str = "relaxing") -> Iterator[tuple[Any, S.Relaxation]]:
+               desc: str = "relaxing", engine: str = "auto") -> Iterator[tuple[Any, S.Relaxation]]:
     """(key, Relaxation) for every (key, structure, dim), in the order they finish.
 
     A structure the potential cannot handle comes back with its `error`; it never stops the rest.
     """
     items = list(items)
     if not items:
+        return
+    if engine_for(engine, mlff) == "batched":
+        from .batch_relax import relax_batched
+
+        with tqdm(total=len(items), desc=f"{desc} ({mlff}, batched)") as bar:
+            for result in relax_batched(items, steps, fmax, device):
+                yield result
+                bar.update()
         return
     bar = tqdm(total=len(items), desc=f"{desc} ({mlff}, {workers} worker{'s' * (workers > 1)})")
     if workers <= 1:
@@ -93,7 +113,9 @@ class RelaxOptions:
     subsample: int | None = option(None, "relax a random N of the readable samples (--seed)")
     seed: int = option(0, "seed of the subsample")
     device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
-    workers: int = option(1, "parallel relaxations, each with its own potential")
+    workers: int = option(1, "parallel relaxations, each with its own potential (engine ase)")
+    engine: str = option("auto", "auto: batched FIRE for SevenNet (many crystals per model call), ASE per crystal otherwise",
+                         choices=ENGINES)
 
 
 @dataclass
@@ -138,10 +160,10 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
     todo = [item for item in readable if item[0] not in previous]
     failed = 0
     with JsonlWriter(out) as writer:  # repairs a torn last line of a killed run before appending
-        for sid, r in relax_many(todo, o.mlff, o.steps, o.fmax, o.device, o.workers):
+        for sid, r in relax_many(todo, o.mlff, o.steps, o.fmax, o.device, o.workers, engine=o.engine):
             failed += r.error is not None
             writer.write([{"id": sid, "mlff": o.mlff, "max_steps": o.steps, **r.row(),
-                           "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}])
+                           "engine": engine_for(o.engine, o.mlff), "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}])
     return {"chosen": len(readable), "relaxed_now": len(todo), "failed_now": failed,
             "already_done": len(readable) - len(todo), "unreadable": unreadable}
 

@@ -86,13 +86,22 @@ def write_report(result: dict[str, Any], out: str | Path) -> None:
         lines.append(f"| {key} | {text} |")
     for key, acc in (result.get("conditional_accuracy") or {}).items():
         lines.append(f"| condition `{key}` honoured | {acc['rate']:.4f} (of {acc['n']} parsed) |")
+    if result.get("by_dim"):
+        split = result["by_dim"]
+        keys = [k for k in split["bulk"] if k in split["2d"]]
+        lines += ["", "Bulk and monolayer samples separately (rates within each):", "", "| metric | bulk | 2D |", "|---|---|---|"]
+        for key in keys:
+            cells = [split[d][key] for d in ("bulk", "2d")]
+            lines.append(f"| {key} | " + " | ".join("—" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c) for c in cells) + " |")
     n = result["n_samples"]
     lines += ["", "Denominators: every rate is over all {n} samples (unparseable ones included) unless said otherwise.".format(n=n)]
     if result.get("coverage"):
         c = result["coverage"]
-        lines.append(f"COV-R is over the {c['n_reference_fingerprinted']} reference crystals with a fingerprint; COV-P counts the "
-                     f"{c['n_fingerprinted']} {c['samples']} samples with a fingerprint and divides by all {n} samples (CDVAE's convention); "
-                     f"cutoffs: structure {c['struct_cutoff']}, composition {c['comp_cutoff']} ({c['cutoffs']}).")
+        lines.append(f"Coverage follows CDVAE's `compute_cov` (what published MP-20 figures use): COV-R is over the "
+                     f"{c['n_reference_fingerprinted']} reference crystals with a fingerprint; COV-P counts the {c['n_fingerprinted']} "
+                     f"samples with a fingerprint, valid or not, and divides by all {n} samples. `cov_*_valid`: the same with only the "
+                     f"{c['valid_only']['n_fingerprinted']} valid samples counted. Cutoffs: structure {c['struct_cutoff']}, "
+                     f"composition {c['comp_cutoff']} ({c['cutoffs']}).")
     if "n_2d" in result:
         lines.append(f"2D rates (`*_2d`, layer checks) are over the {result['n_2d']} samples that claim to be monolayers; "
                      "2D samples are matched against 2D references only (both at 15 Å vacuum).")

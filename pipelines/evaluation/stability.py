@@ -121,17 +121,22 @@ def relax(structure: Structure, calculator, steps: int = MAX_STEPS, fmax: float 
         relaxed = Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)  # without the calculator pymatgen attaches
     except Exception as exc:  # a crystal the potential cannot handle must not stop the batch
         return Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])
+    return checked_relaxation(energy, relaxed, volume0, done, converged)
+
+
+def checked_relaxation(energy: float, relaxed: Structure, volume0: float, steps: int, converged: bool) -> Relaxation:
+    """The outcome, unless it exploded: non-finite or unphysical energy, volume changed > 5x, atoms < 0.5 Å apart."""
     n = len(relaxed)
     if not math.isfinite(energy):
-        return Relaxation(steps=done, error="non-finite energy")
+        return Relaxation(steps=steps, error="non-finite energy")
     if reason := unphysical_energy(energy / n):
-        return Relaxation(steps=done, error=reason)
+        return Relaxation(steps=steps, error=reason)
     ratio = relaxed.volume / volume0 if volume0 > 0 else float("inf")
     if not 0.2 <= ratio <= 5.0:
-        return Relaxation(steps=done, error=f"exploded: volume changed {ratio:.2f}x")
+        return Relaxation(steps=steps, error=f"exploded: volume changed {ratio:.2f}x")
     if _min_distance(relaxed) < 0.5:
-        return Relaxation(steps=done, error="exploded: atoms closer than 0.5 Å")
-    return Relaxation(energy, energy / n, relaxed, done, converged)
+        return Relaxation(steps=steps, error="exploded: atoms closer than 0.5 Å")
+    return Relaxation(energy, energy / n, relaxed, steps, converged)
 
 
 def mp2020_parameters(composition: Composition) -> dict[str, Any]:
@@ -168,7 +173,11 @@ class Hull:
     Candidates are never added to a diagram: `get_e_above_hull(entry, allow_negative=True)`.
     """
 
-    def __init__(self, path, mlff: str | None = None):
+    def __init__(self, path, mlff: str | None = None, anchor: str | None = None):
+        """`anchor`: a table of known materials' own e_above_hull (`material_id`, `energy_above_hull_eV_per_atom_MP`):
+        each reference with an id there is moved down by its MP e_above_hull, so the diagram estimates MP's
+        own hull energy at its composition from the MLFF energy of the known phase (the matbench-discovery
+        style variant); references without an MP value are left out, elemental references kept."""
         import pandas as pd
 
         table = pd.read_csv(path)
@@ -187,6 +196,9 @@ class Hull:
                 f"{path} was built with {self.mlff} ({self.scheme} scale) but the samples are relaxed with {mlff} "
                 f"({MLFFS[mlff]} scale): energies of different potentials/schemes are not comparable "
                 f"(use --mlff {self.mlff}, or build a hull with --mlff {mlff})")
+        self.anchor = None
+        if anchor is not None:
+            table = self._anchored(table, anchor)
         from pymatgen.entries.computed_entries import ComputedEntry
 
         self.entries = [ComputedEntry(Composition(f), float(e), entry_id=str(i))
@@ -194,8 +206,31 @@ class Hull:
         self.elements = {e.symbol for entry in self.entries if len(entry.composition.elements) == 1 for e in entry.composition.elements}
         self._diagrams: dict[frozenset[str], Any] = {}
 
+    def _anchored(self, table, anchor: str):
+        import pandas as pd
+
+        mp = pd.read_csv(anchor, usecols=["material_id", "energy_above_hull_eV_per_atom_MP"]).dropna()
+        e_hull = dict(zip(mp["material_id"].astype(str), mp["energy_above_hull_eV_per_atom_MP"].astype(float)))
+        ids = table["id"].astype(str)
+        known = ids.map(e_hull)
+        keep = known.notna() | ids.str.startswith("element:")
+        table = table[keep].copy()
+        table["energy_corrected"] = table["energy_corrected"] - known[keep].fillna(0.0) * table["n_atoms"]
+        self.anchor = {"table": str(anchor), "references_anchored": int(known.notna().sum()), "references_left_out": int((~keep).sum())}
+        return table
+
     def __len__(self) -> int:
         return len(self.entries)
+
+    def chemical_systems_covered(self, compositions) -> float:
+        """Share of compositions whose every element, and whose whole chemical system, has a reference entry."""
+        systems = {frozenset(e.symbol for e in entry.composition.elements) for entry in self.entries}
+        hits = 0
+        comps = list(compositions)
+        for comp in comps:
+            chemsys = frozenset(e.symbol for e in comp.elements)
+            hits += chemsys <= self.elements and chemsys in systems
+        return hits / len(comps) if comps else 0.0
 
     def diagram(self, chemsys: frozenset[str]):
         if chemsys not in self._diagrams:
@@ -204,6 +239,19 @@ class Hull:
             entries = [e for e in self.entries if {el.symbol for el in e.composition.elements} <= chemsys]
             self._diagrams[chemsys] = PhaseDiagram(entries)
         return self._diagrams[chemsys]
+
+    def formation_energy(self, composition: Composition, energy_corrected: float) -> float | None:
+        """eV/atom relative to the lowest elemental references of the same potential (None without them)."""
+        if not hasattr(self, "_mu"):
+            self._mu: dict[str, float] = {}
+            for entry in self.entries:
+                if len(entry.composition.elements) == 1:
+                    el = entry.composition.elements[0].symbol
+                    self._mu[el] = min(self._mu.get(el, float("inf")), entry.energy_per_atom)
+        amounts = composition.get_el_amt_dict()
+        if any(el not in self._mu for el in amounts):
+            return None
+        return (energy_corrected - sum(n * self._mu[el] for el, n in amounts.items())) / composition.num_atoms
 
     def e_above_hull(self, composition: Composition, energy_corrected: float) -> tuple[float | None, str | None]:
         """eV/atom above the reference hull (negative: below it); None + reason without terminal entries."""
@@ -242,6 +290,7 @@ class StabilityJob:
     hull: Hull | None
     mlff: str
     relaxed: dict[str, dict[str, Any]] | None  # `xtallm relax` rows by sample id: read, not recomputed
+    anchored: Hull | None = None  # the same references on MP's own e_above_hull (matbench-discovery style)
     subsample: int | None = None
     steps: int = MAX_STEPS
     fmax: float = DEFAULT_FMAX
@@ -249,7 +298,8 @@ class StabilityJob:
     seed: int = 0
 
     @classmethod
-    def prepare(cls, hull: str | None, mlff: str | None, relaxed: str | None, **settings: Any) -> "StabilityJob | None":
+    def prepare(cls, hull: str | None, mlff: str | None, relaxed: str | None, anchor: str | None = None,
+                **settings: Any) -> "StabilityJob | None":
         if hull is None and mlff is None:
             if relaxed is not None:
                 raise ValueError("--relaxed needs --hull (the relaxations are scored against it)")
@@ -267,7 +317,10 @@ class StabilityJob:
                 raise ValueError(f"{relaxed}: no relaxations (write them with `xtallm relax`)")
             if used := {r.get("mlff") for r in cache.values()} - {potential}:
                 raise MixedEnergyScalesError(f"{relaxed} holds relaxations with {sorted(used)}, the hull/--mlff is {potential}")
-        return cls(hull_obj, potential, cache, **settings)
+        if anchor is not None and hull is None:
+            raise ValueError("--hull-anchor needs --hull (the MLFF energies it anchors)")
+        anchored = Hull(hull, mlff, anchor=anchor) if anchor is not None else None
+        return cls(hull_obj, potential, cache, anchored, **settings)
 
     def relaxation(self, sample_id: str, structure: Structure, calculator, dim: int) -> Relaxation:
         if self.relaxed is not None:
@@ -297,8 +350,6 @@ def stability_metrics(ctx) -> dict[str, Any]:
     if job is None:
         ctx.not_computed.update({k: "no --hull given (build one with `xtallm hull build`)" for k in keys})
         return {}
-    from tqdm.auto import tqdm
-
     n = ctx.n
     valid_idx = [i for i, ok in enumerate(ctx.valid) if ok]
     pool = valid_idx if job.relaxed is None else [i for i in valid_idx if ctx.samples[i].id in job.relaxed]
@@ -308,24 +359,42 @@ def stability_metrics(ctx) -> dict[str, Any]:
     if job.relaxed is not None:
         out["stability_relaxations"] = "read from `xtallm relax` output (valid samples found there form the subsample)"
     layer_valid = [i for i in valid_idx if ctx.layer[i]]
-    need_calc = layer_valid or (job.hull is not None and chosen and job.relaxed is None)
+    need_calc = bool(layer_valid)
     calc = load_calculator(job.mlff, job.device) if need_calc else None
     out.update(_monolayer_energies(ctx, layer_valid[: job.subsample or None], calc))
     if job.hull is None:
         ctx.not_computed.update({k: "no --hull given (build one with `xtallm hull build`)" for k in keys})
         return out
     details = []
-    for i in tqdm(chosen, desc=f"relaxing ({job.mlff})"):
-        r = job.relaxation(ctx.samples[i].id, ctx.structures[i], calc, 2 if ctx.layer[i] else 3)
-        e_hull, reason = None, r.error
+    if job.relaxed is not None:
+        relaxations = {i: job.relaxation(ctx.samples[i].id, ctx.structures[i], calc, 2 if ctx.layer[i] else 3) for i in chosen}
+    else:
+        from .relax import relax_many
+
+        items = [(i, ctx.structures[i], 2 if ctx.layer[i] else 3) for i in chosen]
+        relaxations = dict(relax_many(items, job.mlff, job.steps, job.fmax, job.device, desc="relaxing"))
+    for i in chosen:
+        r = relaxations[i]
+        e_hull, e_anchored, reason, corrected = None, None, r.error, None
         if r.energy is not None:
             corrected, reason = corrected_energy(job.mlff, r.structure, r.energy)
             if corrected is not None:
                 e_hull, reason = job.hull.e_above_hull(r.structure.composition, corrected)
-        details.append({"id": ctx.samples[i].id, "index": i, "e_above_hull": e_hull, "energy_per_atom": r.energy_per_atom,
+                if job.anchored is not None:
+                    e_anchored = job.anchored.e_above_hull(r.structure.composition, corrected)[0]
+        details.append({"id": ctx.samples[i].id, "index": i, "e_above_hull": e_hull, "e_above_hull_mp_anchored": e_anchored,
+                        "energy_per_atom": r.energy_per_atom, "energy_corrected_per_atom": corrected / len(r.structure) if corrected is not None else None,
+                        "formation_energy_per_atom": job.hull.formation_energy(r.structure.composition, corrected) if corrected is not None else None,
                         "steps": r.steps, "converged": r.converged, "error": reason, "unique": i in ctx.unique,
                         "novel": None if ctx.novel is None else bool(ctx.novel[i])})
-    out.update(_rates(ctx, details, len(valid_idx) / n / len(chosen) if chosen else 0.0))
+    scale = len(valid_idx) / n / len(chosen) if chosen else 0.0
+    out.update(_rates(ctx, details, scale))
+    if job.anchored is not None:
+        anchored = _rates(ctx, [{**d, "e_above_hull": d["e_above_hull_mp_anchored"]} for d in details], scale)
+        out.update({f"{k}_mp_anchored": v for k, v in anchored.items()})
+        out["hull_mp_anchored"] = {"entries": len(job.anchored), **job.anchored.anchor}
+    out["hull_entries"] = len(job.hull)
+    out["hull_chemsys_coverage"] = job.hull.chemical_systems_covered(ctx.structures[i].composition for i in chosen)
     out.update(n_relaxed=len(chosen), n_valid=len(valid_idx), n_relax_failed=sum(d["e_above_hull"] is None for d in details),
                stability_denominator="all samples (invalid ones count as unstable; a subsample of the valid ones stands for all of them)")
     if not chosen:

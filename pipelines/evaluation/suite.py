@@ -58,24 +58,35 @@ def distributions(ctx: EvalContext) -> dict[str, Any]:
 
 
 def coverage(ctx: EvalContext) -> dict[str, Any]:
-    """COV-R / COV-P with CDVAE's fingerprints and cutoffs (see coverage.py for which samples count)."""
+    """COV-R / COV-P with CDVAE's fingerprints and cutoffs, under two protocols.
+
+    `cov_recall` / `cov_precision`: CDVAE's `compute_cov`, which every published MP-20 figure uses:
+    every generated crystal that has a fingerprint counts, valid or not (COV-P over all samples).
+    `cov_recall_valid` / `cov_precision_valid`: only valid samples (structure + composition) count."""
+    import numpy as np
+
     from . import coverage as C
 
     o = ctx.options
     if not o.coverage:
-        ctx.not_computed["cov_recall"] = ctx.not_computed["cov_precision"] = "coverage switched off (--no-coverage)"
+        for key in ("cov_recall", "cov_precision", "cov_recall_valid", "cov_precision_valid"):
+            ctx.not_computed[key] = "coverage switched off (--no-coverage)"
         return {}
     cutoffs = C.cutoffs(o.coverage_cutoffs_value)
     ref = ctx.reference
     ref_struct, ref_comp = C.reference_fingerprints(ref.path, ref.cifs, ctx.num_proc, column=ref.column, use_cache=o.use_cache)
-    # the protocol: valid samples only; CDVAE's script itself fingerprints every constructed sample
-    covered = [s for s in ctx.structures if s is not None] if o.coverage_all_parsed else ctx.valid_structures
-    fp_struct, fp_comp = C.fingerprints(covered, ctx.num_proc, desc="coverage fingerprints")
-    cov = C.coverage(fp_struct, fp_comp, ref_struct, ref_comp, ctx.n, *cutoffs)
-    return {"cov_recall": cov.pop("cov_recall"), "cov_precision": cov.pop("cov_precision"),
-            "coverage": {**cov, "struct_cutoff": cutoffs[0], "comp_cutoff": cutoffs[1],
-                         "cutoffs": o.coverage_cutoffs if "," not in o.coverage_cutoffs else "custom",
-                         "samples": "all parsed" if o.coverage_all_parsed else "valid"}}
+    parsed = [i for i, s in enumerate(ctx.structures) if s is not None]
+    fp_struct, fp_comp = C.fingerprints([ctx.structures[i] for i in parsed], ctx.num_proc, desc="coverage fingerprints")
+    valid = np.array([ctx.valid[i] for i in parsed], dtype=bool)
+    cdvae = C.coverage(fp_struct, fp_comp, ref_struct, ref_comp, ctx.n, *cutoffs)
+    only_valid = C.coverage(fp_struct[valid], fp_comp[valid], ref_struct, ref_comp, ctx.n, *cutoffs)
+    name = o.coverage_cutoffs if "," not in o.coverage_cutoffs else "custom"
+    return {"cov_recall": cdvae.pop("cov_recall"), "cov_precision": cdvae.pop("cov_precision"),
+            "cov_recall_valid": only_valid.pop("cov_recall"), "cov_precision_valid": only_valid.pop("cov_precision"),
+            "coverage": {**cdvae, "valid_only": only_valid, "struct_cutoff": cutoffs[0], "comp_cutoff": cutoffs[1], "cutoffs": name,
+                         "protocol": {"cov_recall, cov_precision": "CDVAE compute_cov: every sample with a fingerprint, valid or not; "
+                                      "COV-P divided by all samples",
+                                      "cov_recall_valid, cov_precision_valid": "valid samples only; COV-P divided by all samples"}}}
 
 
 def symmetry(ctx: EvalContext) -> dict[str, Any]:
@@ -173,6 +184,55 @@ def stability(ctx: EvalContext) -> dict[str, Any]:
     return stability_metrics(ctx)
 
 
+def property_conditioning(ctx: EvalContext) -> dict[str, Any]:
+    """Requested vs achieved formation energy (eV/atom) of the relaxed samples that asked for one.
+
+    Achieved: the relaxed MLFF energy (on its correction scheme) minus the lowest elemental references
+    of the same potential in the hull. Other properties (band gap, ...) have no offline predictor here."""
+    details = {d["index"]: d for d in ctx.result.get("_stability_details") or []}
+    pairs = [(float(s.conditions["formation_energy"]), details[i]["formation_energy_per_atom"])
+             for i, s in enumerate(ctx.samples) if "formation_energy" in s.conditions and i in details
+             and details[i].get("formation_energy_per_atom") is not None]
+    asked = sum("formation_energy" in s.conditions for s in ctx.samples)
+    if not asked:
+        return {}
+    unjudged = sorted({k for s in ctx.samples for k in s.conditions if k in PROPERTY_CONDITIONS and k != "formation_energy"})
+    ctx.not_computed["conditional_accuracy"] = (f"no property predictor for {', '.join(unjudged)}: not evaluated" if unjudged else
+                                                ctx.not_computed.get("conditional_accuracy", ""))
+    if not ctx.not_computed["conditional_accuracy"]:
+        del ctx.not_computed["conditional_accuracy"]
+    if not pairs:
+        ctx.not_computed["formation_energy_conditioning"] = "no relaxed sample with a formation_energy request (give --hull)"
+        return {}
+    errors = [abs(a - b) for a, b in pairs]
+    return {"formation_energy_conditioning": {"n_requested": asked, "n_scored": len(pairs), "mae": sum(errors) / len(errors),
+                                              "within_0.1": sum(e <= 0.1 for e in errors) / len(errors),
+                                              "achieved_by": f"{ctx.stability.mlff} relaxed energy minus its elemental references"}}
+
+
+def by_dim(ctx: EvalContext) -> dict[str, Any]:
+    """The headline rates of bulk samples and of monolayers separately, when a set holds both (rates within each)."""
+    groups = {"bulk": [i for i, is2d in enumerate(ctx.layer) if not is2d], "2d": [i for i, is2d in enumerate(ctx.layer) if is2d]}
+    if not all(groups.values()):
+        return {}
+    details = {d["index"]: d for d in ctx.result.get("_stability_details") or []}
+    out = {}
+    for name, idx in groups.items():
+        n = len(idx)
+        row = {"n_samples": n, "parse_rate": sum(ctx.structures[i] is not None for i in idx) / n,
+               "struct_validity": sum(ctx.struct_ok[i] for i in idx) / n, "comp_validity": sum(ctx.comp_ok[i] for i in idx) / n,
+               "validity": sum(ctx.valid[i] for i in idx) / n, "uniqueness": sum(i in ctx.unique for i in idx) / n,
+               "novelty": sum(ctx.novel[i] for i in idx) / n if ctx.novel is not None else None}
+        relaxed = [details[i] for i in idx if i in details]
+        if relaxed:  # share among the relaxed x share valid, as for the whole set
+            scale = sum(ctx.valid[i] for i in idx) / n / len(relaxed)
+            row["metastable_rate"] = sum(d["e_above_hull"] is not None and d["e_above_hull"] <= 0.1 for d in relaxed) * scale
+            row["n_relaxed"] = len(relaxed)
+        out[name] = row
+    return {"by_dim": out}
+
+
 METRICS: list[Callable[[EvalContext], dict[str, Any]]] = [
     parse_rate, validity, uniqueness, novelty, distributions, coverage, symmetry, layers, wyckoff, conditions, stability,
+    property_conditioning, by_dim,
 ]
