@@ -18,8 +18,8 @@ start=$(date +%s)
 for i in 0 1 2; do
   timeout $LIMIT $X hull build --structures $S/known_$i.csv.xz --relax-steps 0 --out "$OUT/hull_sp_$i.csv" > "$OUT/log_hull_$i.txt" 2>&1 &
 done
-( timeout $LIMIT $X relax $S/refined.jsonl --out "$OUT/relaxed_refined.jsonl" --relax-steps 1500
-  timeout $((LIMIT - $(date +%s) + start)) $X relax $S/llm.jsonl --out "$OUT/relaxed_llm.jsonl" --relax-steps 1500 ) > "$OUT/log_relax.txt" 2>&1 &
+( timeout $LIMIT $X relax $S/refined.jsonl.xz --out "$OUT/relaxed_refined.jsonl" --relax-steps 1500
+  timeout $((LIMIT - $(date +%s) + start)) $X relax $S/llm.jsonl.xz --out "$OUT/relaxed_llm.jsonl" --relax-steps 1500 ) > "$OUT/log_relax.txt" 2>&1 &
 timeout $LIMIT $X hull build --structures $S/known_subset.csv.xz --relax-steps 1500 --no-elements --out "$OUT/hull_subset_relaxed.csv" > "$OUT/log_subset.txt" 2>&1 &
 wait
 echo "wall $(( $(date +%s) - start )) s"

@@ -136,6 +136,9 @@ class VllmSampler:
         if adapters:
             kwargs.update(enable_lora=True, max_loras=len(adapters), max_lora_rank=max([_adapter_rank(a) for a in adapters] + [8]))
         kwargs.update(options.extra)
+        from .reaper import watch
+
+        self._reaper = watch()  # the engine's processes die with this one, even on SIGKILL
         self.llm = LLM(**kwargs)
         self.adapters = adapters or []
         self.options = options

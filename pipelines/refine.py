@@ -93,13 +93,15 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
         cif_dir = out / "cif"
         if o.write_cifs:
             cif_dir.mkdir(parents=True, exist_ok=True)
-        chunk = max(o.batch_size * 4, 256)  # written chunk by chunk: a killed run keeps what it finished
-        for start in tqdm(range(0, len(todo), chunk), desc="refine", disable=len(todo) <= chunk):
-            part = todo[start : start + chunk]
-            rows = _refine_chunk(refiner, part, o)
-            if o.write_cifs:
-                _write_files(rows, cif_dir)
-            writer.write(rows)
+        chunk = max(2 * o.batch_size, 64)  # written chunk by chunk: a killed run keeps what it finished
+        with tqdm(total=len(todo), desc=f"refining (tau {o.tau})") as bar:
+            for start in range(0, len(todo), chunk):
+                part = todo[start : start + chunk]
+                rows = _refine_chunk(refiner, part, o)
+                if o.write_cifs:
+                    _write_files(rows, cif_dir)
+                writer.write(rows)
+                bar.update(len(part))
     writer.close()
     elapsed = time.perf_counter() - started
     ids = {s.id for s in samples}

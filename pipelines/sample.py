@@ -122,15 +122,19 @@ def run_sample(job: SampleJob, sampler: Sampler | None = None) -> dict[str, Any]
     started = time.perf_counter()
     n_tokens = 0
     if todo:
+        own = sampler is None  # an engine started here stops here: it must not idle through the next stage
         sampler = sampler or start_sampler(o.backend, model, [adapter] if adapter else None, o, max_len, o.seed, o.batch_size)
-        bar = tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling")
-        for start in range(0, len(todo), o.batch_size):
-            batch = todo[start : start + o.batch_size]
-            rows, tokens = _draw(sampler, batch, o, fmt, tokenizer, model, adapter)
-            n_tokens += tokens
-            writer.write(rows)
-            bar.update(len(batch))
-        bar.close()
+        try:
+            with tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling") as bar:
+                for start in range(0, len(todo), o.batch_size):
+                    batch = todo[start : start + o.batch_size]
+                    rows, tokens = _draw(sampler, batch, o, fmt, tokenizer, model, adapter)
+                    n_tokens += tokens
+                    writer.write(rows)
+                    bar.update(len(batch))
+        finally:
+            if own and hasattr(sampler, "close"):
+                sampler.close()
     writer.close()
     elapsed = time.perf_counter() - started
     wanted = {q.id for q in requests}

@@ -226,12 +226,25 @@ class ReadReport:
         return {"n_skipped": len(self.skipped), "skipped": [{"where": w, "reason": r} for w, r in self.skipped[:50]]}
 
 
+def _open_text(path: Path):
+    """A text file, read through xz or gzip when its name says so (samples.jsonl.xz)."""
+    if path.suffix == ".xz":
+        import lzma
+
+        return lzma.open(path, "rt")
+    if path.suffix == ".gz":
+        import gzip
+
+        return gzip.open(path, "rt")
+    return path.open()
+
+
 def read_jsonl(path: str | Path, report: ReadReport | None = None) -> Iterator[dict[str, Any]]:
     """JSON objects of a .jsonl file; a line that is not one is skipped and reported."""
     path = Path(path)
     if not path.exists():
         return
-    with path.open() as f:
+    with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
             if not line:
@@ -294,9 +307,22 @@ class JsonlWriter:
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path}: is a folder, expected a .jsonl file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock()  # two runs appending to one file would interleave and duplicate rows
         self._repair_torn_tail()
         self.done = {str(row["id"]) for row in read_jsonl(self.path) if "id" in row}
         self.file = self.path.open("a")
+
+    def _lock(self) -> None:
+        import fcntl
+
+        self._lock_file = open(self.path.with_name(self.path.name + ".lock"), "w")
+        try:
+            fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lock_file.close()
+            raise FileExistsError(f"{self.path}: another xtallm run is writing it; wait for it to end or use another --out") from None
+        self._lock_file.write(str(os.getpid()))
+        self._lock_file.flush()
 
     def _repair_torn_tail(self) -> None:
         if not self.path.exists():
@@ -314,6 +340,9 @@ class JsonlWriter:
 
     def close(self) -> None:
         self.file.close()
+        lock = Path(self._lock_file.name)
+        self._lock_file.close()  # releases the lock
+        lock.unlink(missing_ok=True)
 
     def __enter__(self) -> "JsonlWriter":
         return self

@@ -180,3 +180,35 @@ def test_openai_compatible_server_on_loopback(base_model, tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=60)
+
+
+@pytest.mark.slow
+def test_engine_processes_die_with_a_killed_command(base_model, tmp_path):
+    """SIGKILL of the command that started vLLM leaves no EngineCore/worker behind (llm/reaper.py)."""
+    import signal
+
+    import psutil
+
+    code = (
+        "import sys, time, os\n"
+        "from xtallm.llm.sampling import SamplingOptions, VllmSampler\n"
+        f"s = VllmSampler({str(base_model[0])!r}, None, SamplingOptions(max_tokens=16), max_model_len=256)\n"
+        "print('READY', flush=True)\n"
+        "time.sleep(600)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"})
+    try:
+        for line in proc.stdout:
+            if "READY" in line:
+                break
+        engine = [c for c in psutil.Process(proc.pid).children(recursive=True) if "reaper" not in " ".join(c.cmdline())]
+        assert engine, "vLLM started no child process"
+        time.sleep(1.5)  # the watcher notes the children once a second
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+        gone, alive = psutil.wait_procs(engine, timeout=30)
+        assert not alive, [p.cmdline()[:3] for p in alive]
+    finally:
+        if proc.poll() is None:
+            proc.kill()

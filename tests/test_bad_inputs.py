@@ -1,0 +1,260 @@
+"""A corpus of bad inputs, every command and the Python API: each is refused with one line that names the
+input and the problem (exit status 2, no traceback), before any expensive work; nothing is lost.
+
+docs/bad_inputs.md holds the table of these cases with the verdict of each on the main before them."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from pymatgen.core import Lattice, Molecule, Structure
+
+from tests.conftest import REPO
+from xtallm.pipelines.cli import main
+
+EXAMPLES = REPO / "tokenization" / "examples" / "bulk_examples.csv"
+TINY_LLM = REPO / "configs" / "llm" / "tiny_test.yaml"
+TINY_REFINER = REPO / "configs" / "refiner" / "tiny_test.yaml"
+NACL = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """Small bad (and good) input files shared by the cases."""
+    d = tmp_path_factory.mktemp("bad")
+    (d / "empty.csv").write_text("")
+    (d / "nocif.csv").write_text("material_id,formula\nmp-1,NaCl\n")
+    (d / "garbage.csv").write_bytes(b"\x00\x01\x02 not a table \xff\xfe")
+    (d / "bad.yaml").write_text("train: [unclosed\n")
+    (d / "list.yaml").write_text("- just\n- a list\n")
+    (d / "unknown.yaml").write_text("sample:\n  temprature: 1.0\n")
+    (d / "empty.jsonl").write_text("")
+    (d / "notjson.jsonl").write_text("this is not json\n")
+    (d / "folder").mkdir()
+    (d / "nocifs").mkdir()
+    (d / "foreign").mkdir()
+    (d / "foreign" / "thesis.tex").write_text("do not delete me")
+    (d / "a_file").write_text("x")
+    (d / "conds_empty.csv").write_text("sg,band_gap\n")
+    (d / "conds_bad.csv").write_text("sg,band_gap\n225,1.0\n14,-3\n")
+    (d / "hull_bad.csv").write_text("id,energy\n1,2\n")
+    good = {"id": "g0", "ok": True, "cif": NACL.to(fmt="cif"), "dim": 3, "group": 225}
+    (d / "good.jsonl").write_text(json.dumps(good) + "\n")
+    (d / "noid.jsonl").write_text(json.dumps({**good, "id": None}) + "\n" + json.dumps(good) + "\n")
+    (d / "notadapter").mkdir()
+    (d / "nomodel").mkdir()
+    (d / "ref.csv").write_text("cif\n" + json.dumps(NACL.to(fmt="cif")) + "\n")
+    return d
+
+
+# (argv with {file} placeholders, substring the one-line error must hold)
+CLI_CASES = [
+    # data prepare
+    (["data", "prepare", "{folder}/missing.csv", "--out", "{tmp}/o"], "no such file"),
+    (["data", "prepare", "{folder}", "--out", "{tmp}/o"], "is a folder"),
+    (["data", "prepare", "{nocif}", "--out", "{tmp}/o"], "no CIF column"),
+    (["data", "prepare", "{empty}", "--out", "{tmp}/o"], "empty.csv"),
+    (["data", "prepare", "{garbage}", "--out", "{tmp}/o"], "garbage.csv"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{foreign}"], "not empty and was not written by"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{a_file}"], "is a file"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--max-atoms", "0"], "max_atoms"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--symprec", "-1"], "symprec"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--limit", "0"], "limit"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--num-proc", "0"], "--num-proc"),
+    (["data", "prepare", "./runs/nowhere.csv.xz", "--out", "{tmp}/o"], "no such file"),
+    # sample
+    (["sample", "--model", "{folder}/nomodel-here", "--out", "{tmp}/s"], "no such folder"),
+    (["sample", "--model", "{nomodel}", "--out", "{tmp}/s"], "holds no model"),
+    (["sample", "--model", "runs/typo-model", "--out", "{tmp}/s"], "no such folder"),
+    (["sample", "--adapter", "{folder}/missing-adapter", "--out", "{tmp}/s"], "--adapter"),
+    (["sample", "--adapter", "{notadapter}", "--out", "{tmp}/s"], "no adapter_config.json"),
+    (["sample", "--num-samples", "0", "--out", "{tmp}/s"], "at least 1"),
+    (["sample", "--num-samples", "-1", "--out", "{tmp}/s"], "at least 1"),
+    (["sample", "--condition", "sg=abc", "--out", "{tmp}/s"], "sg: 'abc' is not a number"),
+    (["sample", "--condition", "colour=red", "--out", "{tmp}/s"], "unknown condition 'colour'"),
+    (["sample", "--condition", "sg=225", "--condition", "dim=2", "--out", "{tmp}/s"], "dim=2 with sg"),
+    (["sample", "--condition", "sg", "--out", "{tmp}/s"], "malformed condition"),
+    (["sample", "--conditions-file", "{folder}/none.csv", "--out", "{tmp}/s"], "none.csv"),
+    (["sample", "--conditions-file", "{conds_empty}", "--out", "{tmp}/s"], "no condition rows"),
+    (["sample", "--conditions-file", "{conds_bad}", "--out", "{tmp}/s"], "line 3: band_gap=-3"),
+    (["sample", "--backend", "server", "--out", "{tmp}/s"], "needs --server"),
+    (["sample", "--temperature", "-1", "--out", "{tmp}/s"], "temperature must be >= 0"),
+    (["sample", "--top-p", "0", "--out", "{tmp}/s"], "top_p"),
+    (["sample", "--max-tokens", "0", "--out", "{tmp}/s"], "max_tokens"),
+    (["sample", "--max-atoms", "0", "--out", "{tmp}/s"], "max_atoms"),
+    (["sample", "--constrained", "--condition", "sg=225", "--condition", "formula=Na7Cl3", "--max-atoms", "8", "--out", "{tmp}/s"],
+     "no crystal with at most 8 atoms"),
+    (["sample", "--out", "{a_file}"], "a_file"),
+    (["sample", "--condition", "band_gap=abc", "--out", "{tmp}/s"], "band_gap"),
+    # generate
+    (["generate", "--config", "{folder}/missing.yaml", "--out", "{tmp}/g"], "no such file"),
+    (["generate", "--config", "{bad}", "--out", "{tmp}/g"], "not valid YAML"),
+    (["generate", "--config", "{list}", "--out", "{tmp}/g"], "expected a mapping"),
+    (["generate", "--config", "{unknown}", "--out", "{tmp}/g"], "config.sample.temprature: unknown setting"),
+    (["generate", "--set", "sample.temperature=hot", "--out", "{tmp}/g"], "'hot' is not a number"),
+    (["generate", "--set", "sample", "--out", "{tmp}/g"], "expected section.key=value"),
+    (["generate", "--set", "nosection.x=1", "--out", "{tmp}/g"], "config.nosection: unknown setting"),
+    (["generate", "--num-samples", "0", "--out", "{tmp}/g"], "at least 1"),
+    (["generate", "--tau", "2", "--out", "{tmp}/g"], "tau must be in (0, 1]"),
+    (["generate", "--checkpoint", "{folder}/nocheckpoint", "--out", "{tmp}/g"], "nocheckpoint"),
+    (["generate", "--model", "{folder}/nomodel-here", "--out", "{tmp}/g"], "no such folder"),
+    # refine
+    (["refine", "{folder}/none.jsonl", "--out", "{tmp}/r"], "no such samples file"),
+    (["refine", "{empty_jsonl}", "--out", "{tmp}/r"], "no samples"),
+    (["refine", "{nocifs}", "--out", "{tmp}/r"], "no *.cif files"),
+    (["refine", "{notjson}", "--out", "{tmp}/r"], "no samples"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--tau", "0"], "tau must be in (0, 1]"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--steps", "0"], "steps"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--batch-size", "0"], "batch_size"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--checkpoint", "{folder}"], "not a refiner checkpoint"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--checkpoint", "{folder}/none"], "none"),
+    (["refine", "{good}", "--out", "{a_file}"], "a_file"),
+    # evaluate
+    (["evaluate", "{folder}/none.jsonl", "--reference", "{ref}", "--out", "{tmp}/e"], "no such samples file"),
+    (["evaluate", "{good}", "--reference", "{folder}/none.csv", "--out", "{tmp}/e"], "no such reference table"),
+    (["evaluate", "{good}", "--reference", "{nocif}", "--out", "{tmp}/e"], "no 'cif'"),
+    (["evaluate", "{good}", "--reference", "{garbage}", "--out", "{tmp}/e"], "garbage.csv"),
+    (["evaluate", "{good}", "--reference", "{ref}", "--train", "{folder}/none.csv", "--out", "{tmp}/e"], "no such training table"),
+    (["evaluate", "{good}", "--reference", "{ref}", "--hull", "{folder}/none.csv", "--out", "{tmp}/e"], "none.csv"),
+    (["evaluate", "{good}", "--reference", "{ref}", "--hull", "{hull_bad}", "--out", "{tmp}/e"], "not a hull file"),
+    (["evaluate", "{good}", "--reference", "{ref}", "--coverage-cutoffs", "a,b", "--out", "{tmp}/e"], "--coverage-cutoffs"),
+    (["evaluate", "{good}", "--reference", "{ref}", "--relaxed", "{good}", "--out", "{tmp}/e"], "--relaxed needs --hull"),
+    (["evaluate", "{good}", "--reference", "{ref}", "--num-proc", "0", "--out", "{tmp}/e"], "num_proc"),
+    # relax
+    (["relax", "{folder}/none.jsonl", "--out", "{tmp}/x.jsonl"], "no such samples file"),
+    (["relax", "{good}", "--out", "{folder}"], "is a folder"),
+    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--relax-steps", "-1"], "steps"),
+    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--mlff", "chgnet", "--engine", "batched"], "batched engine runs SevenNet only"),
+    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--workers", "0"], "workers"),
+    # hull build
+    (["hull", "build", "--structures", "{folder}/none.csv", "--out", "{tmp}/h.csv"], "no such table"),
+    (["hull", "build", "--structures", "{nocif}", "--out", "{tmp}/h.csv"], "no 'cif' column"),
+    (["hull", "build", "--structures", "{ref}", "--out", "{tmp}/h.csv", "--relax-steps", "-1"], "steps"),
+    (["hull", "build", "--structures", "{ref}", "--out", "{folder}"], "folder"),
+    # export
+    (["export", "{folder}/none.jsonl", "--format", "lemat-genbench", "--out", "{tmp}/x"], "no such samples file"),
+    (["export", "{good}", "--format", "lemat-genbench", "--out", "{foreign}"], "not empty"),
+    (["export", "{good}", "--format", "lemat-genbench", "--out", "{tmp}/x", "--n", "0"], "--n"),
+]
+
+
+def _fill(argv: list[str], files: Path, tmp: Path) -> list[str]:
+    names = {p.stem: p for p in files.iterdir() if p.suffix != ".jsonl"}
+    names.update({("empty_jsonl" if p.stem == "empty" else p.stem): p for p in files.iterdir() if p.suffix == ".jsonl"})
+    names.update(folder=files / "folder", tmp=tmp)
+    return [a.format(**{k: str(v) for k, v in names.items()}) for a in argv]
+
+
+@pytest.mark.parametrize("argv,message", CLI_CASES, ids=[f"{c[0][0]}-{i}" for i, c in enumerate(CLI_CASES)])
+def test_cli_refuses_bad_input_in_one_line(files, tmp_path, capsys, argv, message):
+    argv = _fill(argv, files, tmp_path)
+    before = {p: p.read_bytes() for p in files.rglob("*") if p.is_file()}
+    try:
+        rc = main(argv)
+    except SystemExit as exc:  # argparse's own refusals (a wrong choice or type) exit 2 with a usage line
+        rc = exc.code
+    err = capsys.readouterr().err
+    assert rc == 2, err
+    assert "Traceback" not in err
+    lines = [ln for ln in err.strip().splitlines() if ln.startswith(("xtallm", "usage:")) or "error" in ln]
+    assert any(message in ln for ln in lines), err[-600:]
+    assert {p: p.read_bytes() for p in files.rglob("*") if p.is_file() and p in before} == before  # nothing lost or changed
+
+
+# (callable, exception, substring)
+API_CASES = [
+    (lambda: __import__("xtallm.tokenization", fromlist=["encode"]).encode(Molecule(["H", "H"], [[0, 0, 0], [0, 0, 0.74]])),
+     "EncodeError", "expected a pymatgen Structure, got Molecule"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["encode"]).encode(Structure(Lattice.cubic(3), [], [])),
+     "EncodeError", "no atoms"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["encode"]).encode(None), "EncodeError", "got NoneType"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["decode"]).decode(123), "ParseError", "expected text"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["decode"]).decode("sg 225\na 5.6\nNa 4a\nCl 4a"),
+     "ParseError", "fixed position 4a is used twice"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["encode"]).encode(
+        Structure(Lattice.cubic(5), ["Na", "Na"], [[0, 0, 0], [0.0012, 0, 0]])), "EncodeError", "Å apart"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["decode"]).decode("lg 78\na 3.188\nMo 1b\nS 2f -1.559", vacuum=-40),
+     "ParseError", "vacuum"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["get_format"]).get_format("nope"), "ValueError", "unknown text format"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["validate_conditions"]).validate_conditions({"sg": 0}),
+     "ConditionError", "sg=0 is out of range"),
+    (lambda: __import__("xtallm.tokenization.data", fromlist=["prepare_dataset"]).prepare_dataset("/nonexistent/x.csv"),
+     "FileNotFoundError", "no such file"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["decode"]).decode("sg 225\na nan\nNa 4a"), "ParseError", "not a number"),
+    (lambda: __import__("xtallm.tokenization", fromlist=["decode"]).decode("sg 999\na 5\nNa 4a"), "ParseError", "1..230"),
+]
+
+
+@pytest.mark.parametrize("call,error,message", API_CASES, ids=[f"api-{i}" for i in range(len(API_CASES))])
+def test_api_refuses_bad_input(call, error, message):
+    with pytest.raises(Exception) as info:
+        call()
+    assert type(info.value).__name__ == error or error in [c.__name__ for c in type(info.value).__mro__], info.value
+    assert message in str(info.value)
+
+
+# entry points run as scripts: (argv after the script, substring)
+SCRIPT_CASES = [
+    ("llm/finetune.py", ["--config", "{folder}/missing.yaml"], "no such file"),
+    ("llm/finetune.py", ["--config", str(TINY_LLM), "train.speed=3"], "config.train.speed: unknown setting"),
+    ("llm/finetune.py", ["--config", str(TINY_LLM), "train.batch_size=lots"], "config.train.batch_size"),
+    ("llm/finetune.py", ["--config", str(TINY_LLM), "data.train=[/nonexistent/train.csv]"], "/nonexistent/train.csv"),
+    ("llm/finetune.py", ["--config", str(TINY_LLM), "model.base=/nonexistent/base", "model.method=lora"], "/nonexistent/base"),
+    ("llm/finetune.py", ["--config", "{bad}"], "not valid YAML"),
+    ("refiner/train.py", ["--config", "{folder}/missing.yaml"], "no such file"),
+    ("refiner/train.py", ["--config", str(TINY_REFINER), "train.nope=1"], "unknown setting"),
+    ("refiner/train.py", ["--config", str(TINY_REFINER), "data.train=[/nonexistent/r.csv]"], "/nonexistent/r.csv"),
+]
+
+
+@pytest.mark.parametrize("script,argv,message", SCRIPT_CASES, ids=[f"script-{i}" for i in range(len(SCRIPT_CASES))])
+def test_entry_point_scripts_refuse_bad_recipes(files, tmp_path, script, argv, message):
+    argv = _fill(argv, files, tmp_path) + [f"train.output_dir={tmp_path / 'run'}"]
+    out = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    assert out.returncode == 2, out.stderr[-1500:]
+    assert "Traceback" not in out.stderr and message in out.stderr, out.stderr[-1500:]
+    assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
+
+
+def test_refine_row_without_id_is_reported_and_the_rest_refined(files, tmp_path, capsys):
+    assert main(["refine", str(files / "noid.jsonl"), "--out", str(tmp_path / "r"), "--steps", "4"]) == 0
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["refined"] == 1 and summary["unreadable_input_rows"]["n_skipped"] == 1
+    assert "no 'id'" in summary["unreadable_input_rows"]["skipped"][0]["reason"]
+
+
+def test_evaluate_counts_torn_and_foreign_lines(files, tmp_path):
+    good = (files / "good.jsonl").read_text()
+    path = tmp_path / "s.jsonl"
+    path.write_text(good + "not json\n" + "[1, 2]\n" + good.replace('"g0"', '"g1"')[: len(good) // 2])
+    assert main(["evaluate", str(path), "--reference", str(files / "ref.csv"), "--no-coverage", "--num-proc", "1", "--out",
+                 str(tmp_path / "e")]) == 0
+    metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
+    assert metrics["n_samples"] == 1 and metrics["inputs"]["samples_skipped"]["n_skipped"] == 3
+    assert "3 sample line(s) could not be read" in (tmp_path / "e" / "summary.md").read_text()
+
+
+def test_full_disk_is_one_line(files, tmp_path, capsys):
+    out = tmp_path / "r"
+    out.mkdir()
+    os.symlink("/dev/full", out / "samples.jsonl")
+    assert main(["refine", str(files / "good.jsonl"), "--out", str(out), "--steps", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "No space left on device" in err and "Traceback" not in err
+
+
+def test_two_runs_on_one_out_are_refused(files, tmp_path):
+    from xtallm.pipelines.samples import JsonlWriter
+
+    with JsonlWriter(tmp_path / "samples.jsonl"):
+        code = ("import sys\nfrom xtallm.pipelines.cli import main\n"
+                f"sys.exit(main(['refine', {str(files / 'good.jsonl')!r}, '--out', {str(tmp_path)!r}, '--steps', '4']))")
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2 and "another xtallm run is writing it" in out.stderr, out.stderr[-800:]
+    assert not (tmp_path / "samples.jsonl.lock").exists()  # released with the writer
