@@ -2,28 +2,27 @@
 
 One relaxation keeps a GPU idle (a 20-atom graph is a few hundred edges; ASE's step loop and
 neighbour list run on the CPU): one H200 process did ~13 FIRE steps/s. Here every active crystal
-takes one FIRE step per model call, all in one batched graph, so a call costs about as much for
-256 crystals as for one. A crystal that converges (or hits the step cap) leaves the batch and the
-next one joins, so the batch stays full.
+takes its FIRE step in the same model call and the same tensor operations (no per-crystal Python
+in the step), so a step costs about as much for hundreds of crystals as for one. Crystals that
+finish leave and waiting ones join every few steps, so the batch stays full.
 
 The algorithm is ASE's, per crystal: FIRE (dt 0.1, maxstep 0.2, dtmax 1.0, Nmin 5, finc 1.1,
 fdec 0.5, astart 0.1, fa 0.99) on atoms + cell, the cell through ASE's UnitCellFilter
 parametrisation (deformation gradient scaled by the number of atoms; virial / cell factor as its
 force), converged when every atom's and cell row's force is below fmax. The protocol's
 FrechetCellFilter differs in the cell parametrisation (log of the deformation), not in the minimum
-it looks for; `tests/test_batch_relax.py` checks the two agree. Monolayers keep c fixed (only a, b
-and gamma relax), as `stability.relax` does.
+it looks for; `tests/test_batch_relax.py` checks that both reach the same energy. Monolayers keep
+c fixed (only a, b and gamma relax), as `stability.relax` does.
 
-Neighbours: candidate pairs within cutoff + skin (1 Å) come from ASE's neighbour list once per
-crystal and again only when an atom moved, or the cell strained, by more than half the skin;
-each step keeps the candidate pairs within the cutoff, on the device.
+Neighbours: candidate pairs within cutoff + skin (1 Å) come from ASE's neighbour list when a
+crystal joins and again only when one of its atoms moved, or its cell strained, by more than
+half the skin; each step keeps the candidates within the cutoff, on the device.
 """
 
 from __future__ import annotations
 
-import math
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable, Iterator
 
 import numpy as np
@@ -34,10 +33,11 @@ from .stability import DEFAULT_FMAX, MAX_STEPS, Relaxation, checked_relaxation
 
 SKIN = 1.0  # Å
 FIRE = dict(dt=0.1, maxstep=0.2, dtmax=1.0, nmin=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99)
+COMPACT_EVERY = 8  # steps between refills of the batch (finished crystals idle until then)
 
 
 def load_sevennet(device: str):
-    """SevenNet-0 as a batch model (weights inside the wheel), its cutoff and type map."""
+    """SevenNet-0 as a batch model (weights inside the wheel) and its cutoff."""
     from sevenn.util import load_checkpoint
 
     with warnings.catch_warnings():
@@ -47,206 +47,317 @@ def load_sevennet(device: str):
     model.set_is_batch_data(True)
     model.eval_type_map = torch.tensor(True)
     model.to(device).eval()
-    return model, float(cp.config["cutoff"]), cp.config["chemical_species_by_atomic_number"] if "chemical_species_by_atomic_number" in cp.config else None
+    return model, float(cp.config["cutoff"])
 
 
 @dataclass
 class Crystal:
-    """One relaxation in flight (all tensors on the device)."""
+    """A crystal waiting to join, or its record while in the batch (numpy: built on the CPU)."""
 
     key: Any
-    numbers: torch.Tensor  # (N,) long
-    ref_pos: torch.Tensor  # (N, 3) positions in the reference cell's frame
-    ref_cell: torch.Tensor  # (3, 3) rows = lattice vectors at the start
-    deform: torch.Tensor  # (3, 3) deformation gradient F: cell = ref_cell @ F.T
+    numbers: np.ndarray
+    positions: np.ndarray
+    cell: np.ndarray
     dim: int
     volume0: float
-    v: torch.Tensor = None  # (N + 3, 3) FIRE velocities
-    dt: float = FIRE["dt"]
-    a: float = FIRE["astart"]
-    n_pos: int = 0  # FIRE steps since the power was last negative
-    steps: int = 0
-    edges: torch.Tensor | None = None  # (2, E) candidate pairs
-    shifts: torch.Tensor | None = None  # (E, 3) integer cell shifts of the candidates
-    built_pos: torch.Tensor | None = None
-    built_deform: torch.Tensor | None = None
-    energy: float | None = None
-    fmax_now: float = math.inf
 
-    @property
-    def n(self) -> int:
-        return len(self.numbers)
 
+def _neighbours(positions: np.ndarray, cell: np.ndarray, dim: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
+    from ase.neighborlist import primitive_neighbor_list
+
+    i, j, shifts = primitive_neighbor_list("ijS", [True, True, dim == 3], cell, positions, radius, self_interaction=False)
+    return np.stack([i, j]), shifts
+
+
+class State:
+    """The active crystals as concatenated tensors: per atom, per crystal, per candidate pair."""
+
+    def __init__(self, crystals: list[Crystal], cutoff: float, device):
+        self.crystals, self.cutoff, self.device = crystals, cutoff, device
+        f32 = dict(dtype=torch.float32, device=device)
+        n = np.array([len(c.numbers) for c in crystals])
+        self.n_atoms = torch.tensor(n, **f32)
+        self.sys = torch.repeat_interleave(torch.arange(len(crystals), device=device), torch.tensor(n, device=device))
+        self.offsets = np.concatenate([[0], np.cumsum(n)])
+        self.z = torch.tensor(np.concatenate([c.numbers for c in crystals]), dtype=torch.long, device=device)
+        self.ref_pos = torch.tensor(np.concatenate([c.positions for c in crystals]), **f32)
+        self.ref_cell = torch.tensor(np.stack([c.cell for c in crystals]), **f32)
+        self.deform = torch.eye(3, **f32).repeat(len(crystals), 1, 1)
+        self.v_atom = torch.zeros_like(self.ref_pos)
+        self.v_cell = torch.zeros_like(self.deform)
+        b = len(crystals)
+        self.dt = torch.full((b,), FIRE["dt"], **f32)
+        self.a = torch.full((b,), FIRE["astart"], **f32)
+        self.npos = torch.zeros(b, dtype=torch.long, device=device)
+        self.steps = torch.zeros(b, dtype=torch.long, device=device)
+        self.layer = torch.tensor([c.dim == 2 for c in crystals], device=device)
+        self.volume0 = np.array([c.volume0 for c in crystals])
+        self.done = torch.zeros(b, dtype=torch.bool, device=device)
+        self.pair_lists: list[tuple[torch.Tensor, torch.Tensor]] = [None] * b  # type: ignore[list-item]
+        self._rebuild(range(b))
+
+    # ------------------------------------------------------------------ geometry
     @property
     def cell(self) -> torch.Tensor:
-        return self.ref_cell @ self.deform.T
+        return self.ref_cell @ self.deform.transpose(1, 2)
 
     @property
     def pos(self) -> torch.Tensor:
-        return self.ref_pos @ self.deform.T
+        return torch.bmm(self.ref_pos.unsqueeze(1), self.deform[self.sys].transpose(1, 2)).squeeze(1)
+
+    def _rebuild(self, which: Iterable[int]) -> None:
+        """New candidate pairs (local atom indices) for crystals `which`, at their current geometry."""
+        pos, cell = self.pos.detach().cpu().double().numpy(), self.cell.detach().cpu().double().numpy()
+        built_pos = self.built_pos if hasattr(self, "built_pos") else self.pos.detach().clone()
+        built_deform = self.built_deform if hasattr(self, "built_deform") else self.deform.detach().clone()
+        for b in which:
+            lo, hi = self.offsets[b], self.offsets[b + 1]
+            pairs, shifts = _neighbours(pos[lo:hi], cell[b], 3 - int(self.layer[b]), self.cutoff + SKIN)
+            self.pair_lists[b] = (torch.tensor(pairs, dtype=torch.long, device=self.device),
+                                  torch.tensor(shifts, dtype=torch.float32, device=self.device))
+            built_pos[lo:hi] = self.pos[lo:hi].detach()
+            built_deform[b] = self.deform[b].detach()
+        self.built_pos, self.built_deform = built_pos, built_deform
+        self._assemble()
+
+    def _assemble(self) -> None:
+        self.pairs = torch.cat([p + int(self.offsets[b]) for b, (p, _) in enumerate(self.pair_lists)], dim=1)
+        self.shifts = torch.cat([s for _, s in self.pair_lists])
+        self.pair_sys = self.sys[self.pairs[0]]
+
+    def refresh_neighbours(self) -> None:
+        """New candidate pairs for the crystals whose atoms or cell moved more than half the skin."""
+        moved = torch.zeros(len(self.crystals), device=self.device).scatter_reduce(
+            0, self.sys, (self.pos - self.built_pos).norm(dim=1), reduce="amax")
+        eye = torch.eye(3, device=self.device)
+        strain = torch.linalg.matrix_norm(self.deform @ torch.linalg.inv(self.built_deform) - eye, ord=2)
+        stale = ((moved + strain * (self.cutoff + SKIN) > SKIN / 2) & ~self.done).nonzero().flatten().tolist()
+        if stale:
+            self._rebuild(stale)
+
+    # ------------------------------------------------------------------ one step
+    def evaluate(self, model):
+        """Energies (B,), forces (N, 3) and ASE-convention stresses (B, 3, 3) of every crystal."""
+        import sevenn._keys as K
+
+        pos, cell = self.pos, self.cell
+        vec = pos[self.pairs[1]] - pos[self.pairs[0]] + torch.bmm(self.shifts.unsqueeze(1), cell[self.pair_sys]).squeeze(1)
+        keep = vec.norm(dim=1) < self.cutoff
+        data = {K.ATOMIC_NUMBERS: self.z, K.NODE_FEATURE: self.z, K.POS: pos.detach(), K.EDGE_IDX: self.pairs[:, keep],
+                K.EDGE_VEC: vec[keep].detach(), K.BATCH: self.sys, K.NUM_ATOMS: self.n_atoms.long(),
+                K.CELL_VOLUME: torch.det(cell).abs().detach(), K.CELL: cell.detach(), K.CELL_SHIFT: self.shifts[keep]}
+        out = model(data)
+        s = -out[K.PRED_STRESS].detach()  # sevenn: xx yy zz xy yz zx, minus ASE's sign
+        stress = torch.stack([torch.stack([s[:, 0], s[:, 3], s[:, 5]], -1), torch.stack([s[:, 3], s[:, 1], s[:, 4]], -1),
+                              torch.stack([s[:, 5], s[:, 4], s[:, 2]], -1)], -2)
+        return out[K.PRED_TOTAL_ENERGY].detach().reshape(-1), out[K.PRED_FORCE].detach(), stress
+
+    def filter_forces(self, forces: torch.Tensor, stress: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """UnitCellFilter's generalised forces: atoms in the reference frame (N, 3), cell (B, 3, 3)."""
+        virial = -torch.det(self.cell).abs()[:, None, None] * stress
+        in_plane = torch.tensor([[1.0, 1.0, 0.0], [1.0, 1.0, 0.0], [0.0, 0.0, 0.0]], device=self.device)
+        virial = torch.where(self.layer[:, None, None], virial * in_plane, virial)
+        f_atom = torch.bmm(forces.unsqueeze(1), self.deform[self.sys]).squeeze(1)
+        f_cell = torch.linalg.solve(self.deform, virial.transpose(1, 2)).transpose(1, 2) / self.n_atoms[:, None, None]
+        return f_atom, f_cell
+
+    def _per_crystal(self, atom_values: torch.Tensor, cell_values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros(len(self.crystals), device=self.device).index_add(0, self.sys, atom_values) + cell_values
+
+    def fmax(self, f_atom: torch.Tensor, f_cell: torch.Tensor) -> torch.Tensor:
+        atoms = torch.zeros(len(self.crystals), device=self.device).scatter_reduce(0, self.sys, f_atom.norm(dim=1), reduce="amax")
+        return torch.maximum(atoms, f_cell.norm(dim=2).amax(dim=1))
+
+    def fire_step(self, f_atom: torch.Tensor, f_cell: torch.Tensor, moving: torch.Tensor) -> None:
+        """One ASE FIRE step for the crystals in `moving` (B,) bool; the others stay as they are."""
+        p = FIRE
+        vf = self._per_crystal((f_atom * self.v_atom).sum(1), (f_cell * self.v_cell).sum((1, 2)))
+        f_norm = self._per_crystal((f_atom**2).sum(1), (f_cell**2).sum((1, 2))).sqrt().clamp(min=1e-12)
+        v_norm = self._per_crystal((self.v_atom**2).sum(1), (self.v_cell**2).sum((1, 2))).sqrt()
+        first = self.steps == 0
+        uphill = (vf <= 0) & ~first
+        downhill = (vf > 0) & ~first
+        mix = torch.where(downhill, self.a, torch.zeros_like(self.a))
+        scale = mix * v_norm / f_norm
+        keep_v = torch.where(uphill, torch.zeros_like(self.a), 1.0 - mix)
+        v_atom = keep_v[self.sys, None] * self.v_atom + scale[self.sys, None] * f_atom
+        v_cell = keep_v[:, None, None] * self.v_cell + scale[:, None, None] * f_cell
+        grow = downhill & (self.npos > p["nmin"])
+        dt = torch.where(grow, (self.dt * p["finc"]).clamp(max=p["dtmax"]), self.dt)
+        dt = torch.where(uphill, self.dt * p["fdec"], dt)
+        a = torch.where(grow, self.a * p["fa"], self.a)
+        a = torch.where(uphill, torch.full_like(a, p["astart"]), a)
+        npos = torch.where(downhill, self.npos + 1, torch.where(uphill, torch.zeros_like(self.npos), self.npos))
+        v_atom = v_atom + dt[self.sys, None] * f_atom
+        v_cell = v_cell + dt[:, None, None] * f_cell
+        dr_atom, dr_cell = dt[self.sys, None] * v_atom, dt[:, None, None] * v_cell
+        norm = self._per_crystal((dr_atom**2).sum(1), (dr_cell**2).sum((1, 2))).sqrt()
+        shrink = torch.where(norm > p["maxstep"], p["maxstep"] / norm.clamp(min=1e-12), torch.ones_like(norm))
+        m = moving.float()
+        self.ref_pos = self.ref_pos + (m * shrink)[self.sys, None] * dr_atom
+        self.deform = self.deform + (m * shrink)[:, None, None] * dr_cell / self.n_atoms[:, None, None]
+        keep_atom, keep_sys = moving[self.sys, None], moving
+        self.v_atom = torch.where(keep_atom, v_atom, self.v_atom)
+        self.v_cell = torch.where(keep_sys[:, None, None], v_cell, self.v_cell)
+        self.dt, self.a = torch.where(keep_sys, dt, self.dt), torch.where(keep_sys, a, self.a)
+        self.npos = torch.where(keep_sys, npos, self.npos)
+        self.steps = self.steps + moving.long()
+
+    def sound(self) -> torch.Tensor:
+        """(B,) finite positions and a cell volume within 0.2-5x of the start (else: exploded)."""
+        finite = torch.zeros(len(self.crystals), dtype=torch.bool, device=self.device).index_put(
+            (self.sys,), ~torch.isfinite(self.ref_pos).all(1), accumulate=True)
+        ratio = torch.det(self.deform).abs()
+        return ~finite & torch.isfinite(self.deform).all((1, 2)) & (ratio >= 0.2) & (ratio <= 5.0)
+
+    def structure(self, b: int) -> Structure:
+        lo, hi = self.offsets[b], self.offsets[b + 1]
+        return Structure(Lattice(self.cell[b].detach().cpu().double().numpy()), self.z[lo:hi].cpu().tolist(),
+                         self.pos[lo:hi].detach().cpu().double().numpy(), coords_are_cartesian=True)
 
 
-def _crystal(key, structure: Structure, dim: int, device) -> Crystal:
-    cell = torch.tensor(structure.lattice.matrix, dtype=torch.float32, device=device)
-    pos = torch.tensor(structure.cart_coords, dtype=torch.float32, device=device)
-    numbers = torch.tensor(structure.atomic_numbers, dtype=torch.long, device=device)
-    c = Crystal(key, numbers, pos, cell, torch.eye(3, device=device), dim, float(structure.volume))
-    c.v = torch.zeros((c.n + 3, 3), device=device)
-    return c
+def _take(state: State, keep: list[int]) -> State:
+    new = State.__new__(State)
+    new.cutoff, new.device = state.cutoff, state.device
+    new.crystals = [state.crystals[b] for b in keep]
+    idx = torch.tensor(keep, dtype=torch.long, device=state.device)
+    atom_mask = torch.isin(state.sys, idx)
+    new.n_atoms = state.n_atoms[idx]
+    new.sys = torch.repeat_interleave(torch.arange(len(keep), device=state.device), new.n_atoms.long())
+    new.offsets = np.concatenate([[0], np.cumsum(new.n_atoms.long().cpu().numpy())])
+    for name in ("z", "ref_pos", "v_atom", "built_pos"):
+        setattr(new, name, getattr(state, name)[atom_mask])
+    for name in ("ref_cell", "deform", "v_cell", "dt", "a", "npos", "steps", "layer", "built_deform"):
+        setattr(new, name, getattr(state, name)[idx])
+    new.volume0 = state.volume0[keep]
+    new.done = torch.zeros(len(keep), dtype=torch.bool, device=state.device)
+    new.pair_lists = [state.pair_lists[b] for b in keep]
+    new._assemble()
+    return new
 
 
-def _build_neighbours(c: Crystal, cutoff: float) -> None:
-    from ase.neighborlist import primitive_neighbor_list
-
-    cell = c.cell.detach().cpu().double().numpy()
-    pos = c.pos.detach().cpu().double().numpy()
-    i, j, shifts = primitive_neighbor_list("ijS", [True, True, c.dim == 3], cell, pos, cutoff + SKIN, self_interaction=False)
-    device = c.numbers.device
-    c.edges = torch.tensor(np.stack([i, j]), dtype=torch.long, device=device)
-    c.shifts = torch.tensor(shifts, dtype=torch.float32, device=device)
-    c.built_pos, c.built_deform = c.pos.clone(), c.deform.clone()
-
-
-def _needs_rebuild(c: Crystal, cutoff: float) -> bool:
-    if c.edges is None:
-        return True
-    moved = float((c.pos - c.built_pos).norm(dim=1).max()) if c.n else 0.0
-    strain = float(torch.linalg.matrix_norm(c.deform @ torch.linalg.inv(c.built_deform) - torch.eye(3, device=c.deform.device), ord=2))
-    return moved + strain * (cutoff + SKIN) > SKIN / 2
+def _concat(states: list[State]) -> State:
+    new = State.__new__(State)
+    new.cutoff, new.device = states[0].cutoff, states[0].device
+    new.crystals = [c for s in states for c in s.crystals]
+    new.n_atoms = torch.cat([s.n_atoms for s in states])
+    new.sys = torch.repeat_interleave(torch.arange(len(new.crystals), device=new.device), new.n_atoms.long())
+    new.offsets = np.concatenate([[0], np.cumsum(new.n_atoms.long().cpu().numpy())])
+    for name in ("z", "ref_pos", "v_atom", "ref_cell", "deform", "v_cell", "dt", "a", "npos", "steps", "layer", "done",
+                 "built_pos", "built_deform"):
+        setattr(new, name, torch.cat([getattr(s, name) for s in states]))
+    new.volume0 = np.concatenate([s.volume0 for s in states])
+    new.pair_lists = [pl for s in states for pl in s.pair_lists]
+    new._assemble()
+    return new
 
 
-def _batch(crystals: list[Crystal], cutoff: float, modal: str | None = None):
-    """One sevenn batch of the crystals' current geometry, only pairs within the cutoff."""
-    import sevenn._keys as K
-    from sevenn.atom_graph_data import AtomGraphData
-    from torch_geometric.loader.dataloader import Collater
-
-    data = []
-    for c in crystals:
-        if _needs_rebuild(c, cutoff):
-            _build_neighbours(c, cutoff)
-        pos, cell = c.pos, c.cell
-        vec = pos[c.edges[1]] - pos[c.edges[0]] + c.shifts @ cell
-        keep = vec.norm(dim=1) < cutoff
-        d = {K.NODE_FEATURE: c.numbers, K.ATOMIC_NUMBERS: c.numbers, K.POS: pos.detach(), K.EDGE_IDX: c.edges[:, keep],
-             K.EDGE_VEC: vec[keep].detach(), K.CELL: cell.detach(), K.CELL_SHIFT: c.shifts[keep], K.CELL_VOLUME: torch.det(cell).abs(),
-             K.NUM_ATOMS: torch.tensor(c.n, device=pos.device), K.DATA_MODALITY: modal}
-        d[K.INFO] = {}
-        data.append(AtomGraphData(**d))
-    return Collater([], follow_batch=None, exclude_keys=None)(data)
+State.subset = _take  # type: ignore[attr-defined]
+State.concat = staticmethod(_concat)  # type: ignore[attr-defined]
 
 
-def _evaluate(model, crystals: list[Crystal], cutoff: float):
-    """(energies (B,), forces (N_total, 3), ASE-convention stresses (B, 3, 3)) of the crystals."""
-    import sevenn._keys as K
-
-    batch = _batch(crystals, cutoff).to(crystals[0].numbers.device)
-    out = model(batch)
-    energy = out[K.PRED_TOTAL_ENERGY].detach().reshape(-1)
-    forces = out[K.PRED_FORCE].detach()
-    s = -out[K.PRED_STRESS].detach()  # sevenn: xx yy zz xy yz zx, minus ASE's sign
-    stress = torch.stack([torch.stack([s[:, 0], s[:, 3], s[:, 5]], -1), torch.stack([s[:, 3], s[:, 1], s[:, 4]], -1),
-                          torch.stack([s[:, 5], s[:, 4], s[:, 2]], -1)], -2)
-    return energy, forces, stress
-
-
-def _filter_forces(c: Crystal, forces: torch.Tensor, stress: torch.Tensor) -> torch.Tensor:
-    """(N + 3, 3) generalised forces of UnitCellFilter: atoms in the reference frame, then the cell."""
-    volume = float(torch.det(c.cell).abs())
-    virial = -volume * stress
-    if c.dim == 2:  # in-plane cell only: xx, yy, xy
-        mask = torch.tensor([[1, 1, 0], [1, 1, 0], [0, 0, 0]], dtype=virial.dtype, device=virial.device)
-        virial = virial * mask
-    atom_forces = forces @ c.deform
-    cell_force = torch.linalg.solve(c.deform, virial.T).T / c.n  # cell_factor = number of atoms (ASE's default)
-    return torch.cat([atom_forces, cell_force])
-
-
-def _fire_step(c: Crystal, f: torch.Tensor) -> None:
-    """One ASE FIRE step on the crystal's (positions, cell) degrees of freedom."""
-    p = FIRE
-    if c.steps > 0:
-        vf = float((f * c.v).sum())
-        if vf > 0.0:
-            c.v = (1.0 - c.a) * c.v + c.a * f / max(float(f.norm()), 1e-12) * float(c.v.norm())
-            if c.n_pos > p["nmin"]:
-                c.dt = min(c.dt * p["finc"], p["dtmax"])
-                c.a *= p["fa"]
-            c.n_pos += 1
-        else:
-            c.v = torch.zeros_like(c.v)
-            c.a = p["astart"]
-            c.dt *= p["fdec"]
-            c.n_pos = 0
-    c.v = c.v + c.dt * f
-    dr = c.dt * c.v
-    norm = float(dr.norm())
-    if norm > p["maxstep"]:
-        dr = p["maxstep"] * dr / norm
-    # DOFs: reference-frame positions and cell_factor * F (UnitCellFilter)
-    c.ref_pos = c.ref_pos + dr[: c.n]
-    c.deform = c.deform + dr[c.n:] / c.n
-    c.steps += 1
-
-
-def _structure(c: Crystal) -> Structure:
-    return Structure(Lattice(c.cell.detach().cpu().double().numpy()), c.numbers.cpu().tolist(),
-                     c.pos.detach().cpu().double().numpy(), coords_are_cartesian=True)
+def _join(queue: Iterator, budget: int, waiting: list[Crystal], errors: list) -> list[Crystal]:
+    """Crystals for the next batch, up to `budget` atoms; unusable ones go to `errors`."""
+    chosen, atoms = list(waiting), sum(len(c.numbers) for c in waiting)
+    waiting.clear()
+    while atoms < budget:
+        item = next(queue, None)
+        if item is None:
+            break
+        key, structure, dim = item
+        try:
+            c = Crystal(key, np.array(structure.atomic_numbers), structure.cart_coords, structure.lattice.matrix, dim,
+                        float(structure.volume))
+            if not (np.isfinite(c.positions).all() and np.isfinite(c.cell).all()) or c.volume0 <= 0:
+                raise ValueError("non-finite or degenerate cell")
+            chosen.append(c)
+            atoms += len(c.numbers)
+        except Exception as exc:  # noqa: BLE001 - a bad crystal must not stop the batch
+            errors.append((key, Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])))
+    return chosen
 
 
 def relax_batched(items: Iterable[tuple[Any, Structure, int]], steps: int = MAX_STEPS, fmax: float = DEFAULT_FMAX,
-                  device: str | None = None, max_atoms_in_batch: int = 8192, model=None) -> Iterator[tuple[Any, Relaxation]]:
+                  device: str | None = None, max_atoms_in_batch: int = 4096, model=None) -> Iterator[tuple[Any, Relaxation]]:
     """(key, Relaxation) for every (key, structure, dim), as each finishes; steps=0: single points.
 
-    The batch holds up to `max_atoms_in_batch` atoms; a crystal the model cannot take (an element
-    SevenNet-0 does not know, an empty neighbour list) comes back with its error, never stopping the rest."""
+    The batch holds up to `max_atoms_in_batch` atoms; every COMPACT_EVERY steps after a crystal
+    finished, the unfinished ones carry on (with their FIRE state) beside newly joined ones. A crystal
+    the model cannot take comes back with its error; it never stops the rest."""
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-    if model is None:
-        model, cutoff, _ = load_sevennet(device)
-    else:
-        model, cutoff = model
+    model, cutoff = model or load_sevennet(device)
     queue = iter(items)
-    active: list[Crystal] = []
-    exhausted = False
+    carried: State | None = None
     while True:
-        while not exhausted and sum(c.n for c in active) < max_atoms_in_batch:
-            item = next(queue, None)
-            if item is None:
-                exhausted = True
-                break
-            key, structure, dim = item
-            try:
-                active.append(_crystal(key, structure, dim, device))
-            except Exception as exc:  # noqa: BLE001 - a bad crystal must not stop the batch
-                yield key, Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])
-        if not active:
+        errors: list = []
+        room = max_atoms_in_batch - (int(carried.n_atoms.sum()) if carried is not None else 0)
+        fresh = _join(queue, room, [], errors) if room > 0 else []
+        parts = [s for s in (carried, _state(fresh, cutoff, device, errors)) if s is not None]
+        yield from errors
+        if not parts:
             return
+        state = parts[0] if len(parts) == 1 else State.concat(parts)
+        carried = yield from _run(state, model, steps, fmax)
+
+
+def _state(crystals: list[Crystal], cutoff: float, device, errors: list) -> "State | None":
+    """A state of fresh crystals; one whose neighbour list fails is reported and left out."""
+    good = []
+    for c in crystals:
         try:
-            energy, forces, stress = _evaluate(model, active, cutoff)
-        except Exception as exc:  # noqa: BLE001 - one crystal broke the batch: run them one by one
-            if len(active) == 1:
-                yield active[0].key, Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])
-                active = []
-                continue
-            survivors = []
-            for c in active:
-                try:
-                    _evaluate(model, [c], cutoff)
-                    survivors.append(c)
-                except Exception as one:  # noqa: BLE001
-                    yield c.key, Relaxation(error=f"{type(one).__name__}: {one}"[:300])
-            active = survivors
-            continue
-        offsets = np.cumsum([0] + [c.n for c in active])
-        still = []
-        for b, c in enumerate(active):
-            f = _filter_forces(c, forces[offsets[b]:offsets[b + 1]], stress[b])
-            c.energy = float(energy[b])
-            c.fmax_now = float(f.norm(dim=1).max())
-            converged = c.fmax_now < fmax
-            if converged or c.steps >= steps or not math.isfinite(c.energy):
-                yield c.key, checked_relaxation(c.energy, _structure(c), c.volume0, c.steps, converged or steps == 0)
-                continue
-            _fire_step(c, f)
-            still.append(c)
-        active = still
+            _neighbours(c.positions, c.cell, c.dim, cutoff + SKIN)
+            good.append(c)
+        except Exception as exc:  # noqa: BLE001
+            errors.append((c.key, Relaxation(error=f"neighbour list: {type(exc).__name__}: {exc}"[:300])))
+    return State(good, cutoff, device) if good else None
+
+
+def _run(state: State, model, steps: int, fmax: float):
+    """Step the batch until every crystal is done, or COMPACT_EVERY steps passed since the first of
+    this batch finished; yields finished crystals, returns the unfinished ones as a State (or None)."""
+    since_done = 0
+    while True:
+        try:
+            energy, forces, stress = state.evaluate(model)
+        except Exception as exc:  # noqa: BLE001 - one crystal broke the model call: find it one by one
+            return (yield from _isolate(state, model, steps, fmax, exc))
+        f_atom, f_cell = state.filter_forces(forces, stress)
+        fmax_now = state.fmax(f_atom, f_cell)
+        finite = torch.isfinite(energy) & torch.isfinite(fmax_now)
+        converged = fmax_now < fmax
+        finished = (~state.done) & (converged | (state.steps >= steps) | ~finite)
+        for b in finished.nonzero().flatten().tolist():
+            c = state.crystals[b]
+            if not bool(finite[b]):
+                yield c.key, Relaxation(steps=int(state.steps[b]), error="non-finite energy or forces")
+            else:
+                yield c.key, checked_relaxation(float(energy[b]), state.structure(b), c.volume0, int(state.steps[b]),
+                                                bool(converged[b]) or steps == 0)
+        state.done |= finished
+        if bool(state.done.all()):
+            return None
+        moving = ~state.done
+        state.fire_step(f_atom, f_cell, moving)
+        exploded = moving & ~state.sound()
+        for b in exploded.nonzero().flatten().tolist():
+            yield state.crystals[b].key, Relaxation(steps=int(state.steps[b]), error="exploded: the cell collapsed or blew up")
+        state.done |= exploded
+        if bool(state.done.all()):
+            return None
+        since_done = since_done + 1 if bool(state.done.any()) else 0
+        if since_done >= COMPACT_EVERY:
+            return state.subset((~state.done).nonzero().flatten().tolist())
+        state.refresh_neighbours()
+
+
+def _isolate(state: State, model, steps: int, fmax: float, exc: Exception):
+    """After a failed model call: each unfinished crystal alone, so only the broken one fails."""
+    open_ = (~state.done).nonzero().flatten().tolist()
+    if len(open_) == 1:
+        yield state.crystals[open_[0]].key, Relaxation(steps=int(state.steps[open_[0]]), error=f"{type(exc).__name__}: {exc}"[:300])
+        return None
+    for b in open_:
+        rest = state.subset([b])
+        while rest is not None:
+            rest = yield from _run(rest, model, steps, fmax)
+    return None
