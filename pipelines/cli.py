@@ -19,6 +19,8 @@ def _data_prepare(args: argparse.Namespace) -> int:
     from .prepare import prepare
 
     options = with_flags(PrepareOptions(), args)
+    if args.num_proc is not None and args.num_proc < 1:
+        raise ValueError(f"--num-proc must be >= 1, got {args.num_proc}")
     prepared = prepare(args.source, args.out, options, num_proc=args.num_proc, use_cache=not args.no_cache)
     s = prepared.summary
     print(f"{s['n_ok']} of {s['n_rows']} rows encoded, {s['n_failed']} skipped -> {args.out}")

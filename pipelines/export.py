@@ -38,6 +38,8 @@ def _relaxed_cifs(path: str | None) -> tuple[dict[str, str], str | None]:
 def export_lemat_genbench(samples: str, out: str, n: int = LEMAT_DEFAULT_N, relaxed: str | None = None) -> dict[str, Any]:
     """Write a LeMat-GenBench submission of the first `n` samples with a crystal."""
     out_dir = Path(out)
+    if n < 1:
+        raise ValueError(f"--n must be >= 1, got {n}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"--out {out_dir}: not empty; choose a new folder")
     report = ReadReport()

@@ -58,6 +58,9 @@ def run_generate(
     """The whole pipeline; returns (and writes to DIR/summary.json) what each stage did."""
     out = Path(out)
     s = config.sample
+    r = config.refine
+    if r.enabled and r.checkpoint is not None and not Path(r.checkpoint, "refiner.json").exists():  # before the sampling
+        raise FileNotFoundError(f"--checkpoint {r.checkpoint}: not a refiner checkpoint (no refiner.json)")
     started = time.perf_counter()
     sampled = run_sample(SampleJob(str(out / "llm"), num_samples, conditions or {}, conditions_file, s))
     sample_seconds = time.perf_counter() - started

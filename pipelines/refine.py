@@ -93,15 +93,22 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
         cif_dir = out / "cif"
         if o.write_cifs:
             cif_dir.mkdir(parents=True, exist_ok=True)
-        chunk = max(2 * o.batch_size, 64)  # written chunk by chunk: a killed run keeps what it finished
+        # Chunks are fixed slices of the input, each with its own seed, written whole: a resumed run
+        # refines a chunk exactly as an uninterrupted one would (a half-written chunk is redone whole,
+        # and only its missing rows are written).
+        size = max(2 * o.batch_size, 2)
         with tqdm(total=len(todo), desc=f"refining (tau {o.tau})") as bar:
-            for start in range(0, len(todo), chunk):
-                part = todo[start : start + chunk]
-                rows = _refine_chunk(refiner, part, o)
+            for k, start in enumerate(range(0, len(samples), size)):
+                part = samples[start : start + size]
+                missing = [s for s in part if s.id not in writer.done]
+                if not missing:
+                    continue
+                rows = [r for r in _refine_chunk(refiner, part, dataclasses.replace(o, seed=o.seed + 10_007 * k))
+                        if r.id not in writer.done]
                 if o.write_cifs:
                     _write_files(rows, cif_dir)
                 writer.write(rows)
-                bar.update(len(part))
+                bar.update(len(missing))
     writer.close()
     elapsed = time.perf_counter() - started
     ids = {s.id for s in samples}

@@ -244,6 +244,10 @@ def read_jsonl(path: str | Path, report: ReadReport | None = None) -> Iterator[d
     path = Path(path)
     if not path.exists():
         return
+    if path.is_dir():
+        raise IsADirectoryError(f"{path}: is a folder, expected a .jsonl file")
+    if not path.is_file():
+        raise ValueError(f"{path}: not a regular file")
     with _open_text(path) as f:
         for n, line in enumerate(f, 1):
             line = line.strip()
@@ -306,6 +310,8 @@ class JsonlWriter:
         self.path = Path(path)
         if self.path.is_dir():
             raise IsADirectoryError(f"{self.path}: is a folder, expected a .jsonl file")
+        if self.path.exists() and not self.path.is_file():
+            raise ValueError(f"{self.path}: not a regular file")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock()  # two runs appending to one file would interleave and duplicate rows
         self._repair_torn_tail()

@@ -25,8 +25,11 @@ NACL = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    """Small bad (and good) input files shared by the cases."""
-    d = tmp_path_factory.mktemp("bad")
+    return make_files(tmp_path_factory.mktemp("bad"))
+
+
+def make_files(d: Path) -> Path:
+    """Small bad (and good) input files shared by the cases (benchmarks/bad_inputs_table.py writes them too)."""
     (d / "empty.csv").write_text("")
     (d / "nocif.csv").write_text("material_id,formula\nmp-1,NaCl\n")
     (d / "garbage.csv").write_bytes(b"\x00\x01\x02 not a table \xff\xfe")
@@ -70,7 +73,7 @@ CLI_CASES = [
     # sample
     (["sample", "--model", "{folder}/nomodel-here", "--out", "{tmp}/s"], "no such folder"),
     (["sample", "--model", "{nomodel}", "--out", "{tmp}/s"], "holds no model"),
-    (["sample", "--model", "runs/typo-model", "--out", "{tmp}/s"], "no such folder"),
+    (["sample", "--model", "./runs/typo-model", "--out", "{tmp}/s"], "no such folder"),
     (["sample", "--adapter", "{folder}/missing-adapter", "--out", "{tmp}/s"], "--adapter"),
     (["sample", "--adapter", "{notadapter}", "--out", "{tmp}/s"], "no adapter_config.json"),
     (["sample", "--num-samples", "0", "--out", "{tmp}/s"], "at least 1"),
@@ -241,12 +244,21 @@ def test_evaluate_counts_torn_and_foreign_lines(files, tmp_path):
 
 
 def test_full_disk_is_one_line(files, tmp_path, capsys):
-    out = tmp_path / "r"
-    out.mkdir()
-    os.symlink("/dev/full", out / "samples.jsonl")
-    assert main(["refine", str(files / "good.jsonl"), "--out", str(out), "--steps", "4"]) == 2
-    err = capsys.readouterr().err
-    assert "No space left on device" in err and "Traceback" not in err
+    """A full disk (a 64 KiB tmpfs) mid-write: one line naming the problem, no traceback."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        big = files / "big.jsonl"
+        row = json.loads((files / "good.jsonl").read_text())
+        big.write_text("".join(json.dumps({**row, "id": f"g{i}"}) + "\n" for i in range(60)))
+        assert main(["refine", str(big), "--out", str(disk / "r"), "--steps", "2"]) == 2
+        err = capsys.readouterr().err
+        assert "No space left on device" in err and "Traceback" not in err
+        big.unlink()
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_two_runs_on_one_out_are_refused(files, tmp_path):

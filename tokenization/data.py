@@ -46,6 +46,14 @@ class PrepareOptions:
     limit: int | None = option(None, "first N rows only")
     fmt_options: dict[str, Any] = option(factory=dict, help="format settings (precision...)", flag=False)
 
+    def check(self) -> None:
+        if self.symprec <= 0:
+            raise ValueError(f"symprec must be > 0, got {self.symprec}")
+        if self.max_atoms is not None and self.max_atoms < 1:
+            raise ValueError(f"max_atoms must be >= 1, got {self.max_atoms}")
+        if self.limit is not None and self.limit < 1:
+            raise ValueError(f"limit must be >= 1, got {self.limit}")
+
 
 @dataclass
 class PreparedData:
@@ -77,17 +85,22 @@ def _is_table_path(source: str) -> bool:
 def read_table(source: str | os.PathLike, split: str = "train") -> pd.DataFrame:
     """A crystal table from a file, a URL or a Hugging Face hub dataset id (`owner/name`)."""
     text = str(source)
+    if os.path.isdir(text):
+        raise IsADirectoryError(f"{text}: is a folder, expected a table file (csv, json, parquet)")
     if os.path.exists(text) or text.startswith(("http://", "https://", "s3://", "gs://")):
         name = text.lower()
         for ext in (".xz", ".gz", ".bz2", ".zip", ".zst"):
             name = name.removesuffix(ext)
-        if name.endswith(".parquet"):
-            return pd.read_parquet(text)
-        if name.endswith(".jsonl"):
-            return pd.read_json(text, lines=True)
-        if name.endswith(".json"):
-            return pd.read_json(text)
-        return pd.read_csv(text, sep="\t" if name.endswith(".tsv") else ",")
+        try:
+            if name.endswith(".parquet"):
+                return pd.read_parquet(text)
+            if name.endswith(".jsonl"):
+                return pd.read_json(text, lines=True)
+            if name.endswith(".json"):
+                return pd.read_json(text)
+            return pd.read_csv(text, sep="\t" if name.endswith(".tsv") else ",")
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError, EOFError) as exc:
+            raise ValueError(f"{text}: not a readable table ({type(exc).__name__}: {str(exc).splitlines()[0][:200]})") from None
     if _is_table_path(text):
         raise FileNotFoundError(f"no such file: {text}")
     hub_id = text.removeprefix("hf://datasets/").removeprefix("hf://")
@@ -188,6 +201,8 @@ def prepare_dataset(
 
     opts = options or PrepareOptions()
     source = str(source)
+    if os.path.isdir(source):
+        raise IsADirectoryError(f"{source}: is a folder, expected a table file (csv, json, parquet)")
     cache = Path(cache_dir) if cache_dir else default_cache_dir()
     path = cache / _fingerprint(source, opts)
     if use_cache and (path / "dataset_info.json").exists():

@@ -34,6 +34,7 @@ from .symmetry import (
 
 DEFAULT_VACUUM = 15.0  # Å of vacuum along c for layers
 MIN_ORBIT_SEPARATION = 1e-2  # Å: closer images of one orbit mean the site collapsed
+MIN_ATOM_DISTANCE = 0.1  # Å: closer atoms in an input structure are a data error, not a crystal
 MAX_LAYER_Z = 50.0  # Å from the mid-plane; the thickest training monolayer is 44 Å thick
 
 
@@ -109,6 +110,7 @@ class CrystalRecord:
                 raise ParseError(f"lattice angle {name}={value}° is outside 10..170°")
         if not self.sites:
             raise ParseError("no sites")
+        fixed_seen: dict[str, int] = {}
         for i, site in enumerate(self.sites, 1):
             try:
                 Element(site.element)
@@ -135,6 +137,11 @@ class CrystalRecord:
                     f"coordinate(s) ({_free_names(wp)}), got {len(site.params)}",
                     site=i,
                 )
+            if not wp.free:  # a position without free coordinates is one point (orbit): a second line stacks atoms on it
+                if site.wyckoff in fixed_seen:
+                    raise ParseError(f"site {i} ({site.element} {wp.label}): fixed position {wp.label} is used twice "
+                                     f"(also by site {fixed_seen[site.wyckoff]}): two atoms on one point", site=i)
+                fixed_seen[site.wyckoff] = i
             if not all(math.isfinite(p) for p in site.params):
                 raise ParseError(f"site {i} ({site.element} {wp.label}): non-finite coordinate", site=i)
             if self.dim == 2 and 2 in wp.free and abs(site.params[wp.free.index(2)]) > MAX_LAYER_Z:
@@ -230,7 +237,7 @@ class CrystalRecord:
         max_atoms: int | None = None,
     ) -> "CrystalRecord":
         """Find the group and Wyckoff sites of `structure` (moyopy), anchors from PyXtal tables."""
-        _check_structure(structure, max_atoms)
+        check_structure(structure, max_atoms)
         if dim == 2:
             structure = layer_cell(structure)
         elif dim != 3:
@@ -316,7 +323,8 @@ def _lattice_parameters(matrix: np.ndarray) -> tuple[float, ...]:
     return (*lat.abc, *lat.angles)
 
 
-def _check_structure(structure: Structure, max_atoms: int | None) -> None:
+def check_structure(structure: Structure, max_atoms: int | None = None) -> None:
+    """EncodeError naming what makes `structure` no ordered crystal we can encode."""
     if not isinstance(structure, Structure):
         raise EncodeError(f"expected a pymatgen Structure, got {type(structure).__name__}")
     if len(structure) == 0:
@@ -337,6 +345,12 @@ def _check_structure(structure: Structure, max_atoms: int | None) -> None:
         raise EncodeError("structure has non-finite coordinates or lattice")
     if structure.volume < 1e-3:
         raise EncodeError(f"cell volume {structure.volume:.3g} Å^3 is degenerate")
+    if 1 < len(structure) <= 1000:
+        dist = structure.distance_matrix + np.eye(len(structure)) * 1e9
+        i, j = np.unravel_index(int(np.argmin(dist)), dist.shape)
+        if dist[i, j] < MIN_ATOM_DISTANCE:
+            raise EncodeError(f"atoms {i} ({structure[i].specie}) and {j} ({structure[j].specie}) are {dist[i, j]:.4f} Å apart: "
+                              "not a crystal (two atoms on one point?)")
 
 
 def layer_cell(structure: Structure) -> Structure:

@@ -319,9 +319,9 @@ def _run(state: State, model, steps: int, fmax: float):
     while True:
         try:
             energy, forces, stress = state.evaluate(model)
-        except Exception as exc:  # noqa: BLE001 - one crystal broke the model call: find it one by one
+            f_atom, f_cell = state.filter_forces(forces, stress)
+        except Exception as exc:  # noqa: BLE001 - out of memory, or one crystal broke the call
             return (yield from _isolate(state, model, steps, fmax, exc))
-        f_atom, f_cell = state.filter_forces(forces, stress)
         fmax_now = state.fmax(f_atom, f_cell)
         finite = torch.isfinite(energy) & torch.isfinite(fmax_now)
         converged = fmax_now < fmax
@@ -351,13 +351,17 @@ def _run(state: State, model, steps: int, fmax: float):
 
 
 def _isolate(state: State, model, steps: int, fmax: float, exc: Exception):
-    """After a failed model call: each unfinished crystal alone, so only the broken one fails."""
+    """After a failed step: halves of the batch on their own (memory is the usual cause), down to
+    single crystals, so only a crystal that fails alone is reported as failed."""
+    if state.device != "cpu" and torch.cuda.is_available():
+        torch.cuda.empty_cache()
     open_ = (~state.done).nonzero().flatten().tolist()
     if len(open_) == 1:
         yield state.crystals[open_[0]].key, Relaxation(steps=int(state.steps[open_[0]]), error=f"{type(exc).__name__}: {exc}"[:300])
         return None
-    for b in open_:
-        rest = state.subset([b])
+    half = len(open_) // 2
+    for part in (open_[:half], open_[half:]):
+        rest = state.subset(part)
         while rest is not None:
             rest = yield from _run(rest, model, steps, fmax)
     return None

@@ -45,6 +45,12 @@ class EvaluateOptions:
     relaxed: str | None = option(None, "`xtallm relax` output for these samples: read, not recomputed")
     use_cache: bool = option(True, "cache reference fingerprints under $XTALLM_CACHE", flag=False)
 
+    def check(self) -> None:
+        if self.num_proc < 1 or self.relax_steps < 0 or self.fmax <= 0:
+            raise ValueError("num_proc must be >= 1, relax_steps >= 0, fmax > 0")
+        if self.stability_subsample is not None and self.stability_subsample < 1:
+            raise ValueError(f"stability_subsample must be >= 1, got {self.stability_subsample}")
+
     @property
     def coverage_cutoffs_value(self) -> str | tuple[float, float]:
         if "," in self.coverage_cutoffs:
@@ -77,6 +83,7 @@ def evaluate(
     if unknown := set(settings) - known:
         raise TypeError(f"evaluate: unknown setting(s) {sorted(unknown)}")
     o = replace(options or EvaluateOptions(), num_proc=num_proc, **settings)
+    o.check()
     o.coverage_cutoffs_value  # a bad cutoff spec fails now, not after the slow part
     stability = S.StabilityJob.prepare(o.hull, o.mlff, o.relaxed, o.hull_anchor, subsample=o.stability_subsample, steps=o.relax_steps,
                                        fmax=o.fmax, device=o.device, seed=o.seed)  # mixed scales refused before any work

@@ -43,6 +43,10 @@ class HullOptions:
     workers: int = option(1, "parallel relaxations, each with its own potential (engine ase)")
     engine: str = option("auto", "auto: batched FIRE for SevenNet, ASE per crystal otherwise", choices=("auto", "batched", "ase"))
 
+    def check(self) -> None:
+        if self.steps < 0 or self.fmax <= 0 or self.workers < 1 or (self.limit is not None and self.limit < 1):
+            raise ValueError("steps must be >= 0, fmax > 0, workers >= 1, limit >= 1")
+
 
 @dataclass
 class HullJob:

@@ -117,6 +117,11 @@ class RelaxOptions:
     engine: str = option("auto", "auto: batched FIRE for SevenNet (many crystals per model call), ASE per crystal otherwise",
                          choices=ENGINES)
 
+    def check(self) -> None:
+        if self.steps < 0 or self.fmax <= 0 or self.workers < 1 or (self.subsample is not None and self.subsample < 1):
+            raise ValueError("steps must be >= 0, fmax > 0, workers >= 1, subsample >= 1")
+        engine_for(self.engine, self.mlff)
+
 
 @dataclass
 class RelaxJob:

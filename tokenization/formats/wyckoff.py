@@ -19,7 +19,7 @@ import numpy as np
 from pymatgen.core import Structure
 
 from ..errors import EncodeError, ParseError
-from ..record import DEFAULT_VACUUM, CrystalRecord, Site, detect_group
+from ..record import DEFAULT_VACUUM, CrystalRecord, Site, check_structure, detect_group
 from ..symmetry import ANGLES, N_GROUPS
 from .base import Decoded, TextFormat, join_header, parse_number, split_header
 
@@ -131,6 +131,7 @@ class WyckoffFormat(TextFormat):
 
     # ------------------------------------------------------------------ public API
     def record(self, structure: Structure, dim: int | None = None, max_atoms: int | None = None) -> CrystalRecord:
+        check_structure(structure, max_atoms)  # before anything reads its lattice
         dim = dim or self.dim or guess_dim(structure)
         return CrystalRecord.from_structure(structure, dim=dim, symprec=self.symprec, max_atoms=max_atoms)
 
