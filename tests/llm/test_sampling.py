@@ -65,7 +65,30 @@ def test_hf_backend_gives_the_same_greedy_text(base_model, engine, tmp_path):
     run_sample(job(base_model[0], tmp_path / "h", num_samples=1, options=greedy, conditions={"sg": 62}, backend="hf"))
     v = [r["text"] for r in read_samples(tmp_path / "v" / "samples.jsonl")]
     h = [r["text"] for r in read_samples(tmp_path / "h" / "samples.jsonl")]
-    assert v == h
+    if v != h:
+        # vLLM on CPU runs in bfloat16 (eps 0.008), HF in float32: an almost untrained test model has near-ties
+        # that the two break differently. Then both texts must still be greedy paths under HF's logits.
+        assert _greedy_gap(base_model[0], {"sg": 62}, h[0]) < 1e-6
+        assert _greedy_gap(base_model[0], {"sg": 62}, v[0]) < 2e-2, v[0]
+
+
+def _greedy_gap(model_dir, conditions, text) -> float:
+    """Largest (max logit - chosen token's logit) along `text` after the prompt, teacher-forced in HF."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xtallm.llm.prompts import prompt_ids
+
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    prompt = prompt_ids(tokenizer, conditions)
+    generated = tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert generated, "empty sample"
+    with torch.no_grad():
+        logits = model(torch.tensor([prompt + generated])).logits[0, len(prompt) - 1:-1]
+    chosen = logits[torch.arange(len(generated)), torch.tensor(generated)]
+    gaps = (logits.max(dim=-1).values - chosen) / logits.abs().max(dim=-1).values.clamp(min=1.0)
+    return float(gaps.max())
 
 
 def test_resume_after_kill_loses_and_duplicates_nothing(base_model, engine, tmp_path):

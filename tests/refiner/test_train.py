@@ -49,3 +49,32 @@ def test_recipe_errors_name_the_setting(tmp_path):
         _config(tmp_path, "train.t_min=0.9", "train.t_max=0.5")
     with pytest.raises(ValueError, match="unknown setting"):
         _config(tmp_path, "train.nope=1")
+
+
+class _Payload:
+    """Unpickling this creates a file: what a crafted checkpoint would do with a real command."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
+    import pytest
+
+    from xtallm.configs.training import CheckpointError
+
+    out = tmp_path / "run"
+    train(_config(out, "train.stop_after_steps=3"), resume=False)
+    step = out / "checkpoints" / "step_00000003"
+    sentinel = tmp_path / "payload-ran"
+    torch.save({"state": _Payload(sentinel), "param_groups": []}, step / "optimizer.pt")
+    with pytest.raises(CheckpointError, match="optimizer.pt: refused to load"):
+        train(_config(out), resume=True)
+    assert not sentinel.exists()
+    (step / "optimizer.pt").unlink()
+    (step / "extra_state.pkl").write_bytes(b"\x80\x04N.")  # accelerate's save_state layout
+    with pytest.raises(CheckpointError, match="holds pickle files"):
+        train(_config(out), resume=True)
