@@ -21,7 +21,7 @@ demo: install
 	$(BIN)/xtallm generate --num-samples 100 --out outputs/generate
 
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 clean:
 	rm -rf $(VENV) outputs .pytest_cache

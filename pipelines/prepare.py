@@ -20,6 +20,8 @@ def _claim(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise FileExistsError(f"--out {out}: is a file, expected a folder")
     if not out.exists() or not any(out.iterdir()):
+        out.mkdir(parents=True, exist_ok=True)
+        (out / MARKER).write_text("written by xtallm data prepare\n")  # claims it, and finds a read-only disk before the work
         return
     if not (out / MARKER).exists():
         raise FileExistsError(f"--out {out}: the folder is not empty and was not written by `xtallm data prepare`; "
@@ -30,7 +32,8 @@ def _claim(out: Path) -> None:
         raise FileExistsError(f"--out {out}: holds files xtallm did not write ({', '.join(sorted(others)[:5])}); "
                               "choose another folder (nothing was deleted)")
     for p in ours:
-        p.unlink()
+        if p.name != MARKER:
+            p.unlink()
 
 
 def prepare(

@@ -215,13 +215,27 @@ SCRIPT_CASES = [
 ]
 
 
-@pytest.mark.parametrize("script,argv,message", SCRIPT_CASES, ids=[f"script-{i}" for i in range(len(SCRIPT_CASES))])
-def test_entry_point_scripts_refuse_bad_recipes(files, tmp_path, script, argv, message):
+AS_SCRIPT = {min(i for i, c in enumerate(SCRIPT_CASES) if c[0] == script) for script, _, _ in SCRIPT_CASES}
+
+
+@pytest.mark.parametrize("case", range(len(SCRIPT_CASES)), ids=[f"script-{i}" for i in range(len(SCRIPT_CASES))])
+def test_entry_point_scripts_refuse_bad_recipes(files, tmp_path, capsys, case):
+    """The first case of each script runs it as a script (`python llm/finetune.py ...`); the others call the
+    same `main(argv)` in this process (a new interpreter per case costs ~15 s of imports)."""
+    script, argv, message = SCRIPT_CASES[case]
     argv = _fill(argv, files, tmp_path) + [f"train.output_dir={tmp_path / 'run'}"]
-    out = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, timeout=300,
-                         env={**os.environ, "HF_HUB_OFFLINE": "1"})
-    assert out.returncode == 2, out.stderr[-1500:]
-    assert "Traceback" not in out.stderr and message in out.stderr, out.stderr[-1500:]
+    if case in AS_SCRIPT:
+        out = subprocess.run([sys.executable, str(REPO / script), *argv], capture_output=True, text=True, timeout=300,
+                             env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        code, err = out.returncode, out.stderr
+    else:
+        from xtallm.llm.finetune import main as finetune_main
+        from xtallm.refiner.train import main as refiner_main
+
+        code = (finetune_main if script == "llm/finetune.py" else refiner_main)(argv)
+        err = capsys.readouterr().err
+    assert code == 2, err[-1500:]
+    assert "Traceback" not in err and message in err, err[-1500:]
     assert not (tmp_path / "run" / "checkpoints").exists()  # refused before any work
 
 
@@ -270,3 +284,21 @@ def test_two_runs_on_one_out_are_refused(files, tmp_path):
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert out.returncode == 2 and "another xtallm run is writing it" in out.stderr, out.stderr[-800:]
     assert not (tmp_path / "samples.jsonl.lock").exists()  # released with the writer
+
+
+def test_read_only_output_folder_is_one_line(files, tmp_path, capsys):
+    """An output folder on a read-only file system (root ignores chmod, so a read-only tmpfs)."""
+    disk = tmp_path / "ro"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
+    try:
+        for argv in (["refine", str(files / "good.jsonl"), "--out", str(disk / "r"), "--steps", "2"],
+                     ["data", "prepare", str(EXAMPLES), "--out", str(disk / "d")],
+                     ["export", str(files / "good.jsonl"), "--format", "lemat-genbench", "--out", str(disk / "x")]):
+            assert main(argv) == 2, argv
+            err = capsys.readouterr().err
+            errors = [line for line in err.splitlines() if "error:" in line]
+            assert len(errors) == 1 and "Read-only file system" in errors[0] and "Traceback" not in err, err
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -180,12 +180,16 @@ def test_mp_anchored_hull_and_formation_energy(small_hull, tmp_path):
     from pymatgen.core import Composition
 
     assert plain.chemical_systems_covered([Composition("NaCl"), Composition("Si"), Composition("NaSi")]) == 2 / 3
+    # element pairs with a binary compound: Na-Cl yes, Na-Si no; NaSiCl has one of three pairs
+    assert plain.binary_systems_covered([Composition("NaCl"), Composition("NaSi")]) == 0.5
+    assert abs(plain.binary_systems_covered([Composition("NaSiCl")]) - 1 / 3) < 1e-12
     rows = [{"id": "s0", "ok": True, "cif": known.cif.iloc[0], "group": None, "conditions": {"formation_energy": -2.0}}]
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in rows))
     r = evaluate(samples, _ref(known, tmp_path), None, num_proc=1, coverage=False, hull=str(out),
                  hull_anchor=str(mp), relax_steps=20, device="cpu")
     assert r["hull_entries"] == 4 and r["hull_chemsys_coverage"] == 1.0 and "metastable_rate_mp_anchored" in r
+    assert r["n_far_below_hull"] == 0 and 0.0 <= r["hull_binary_coverage"] <= 1.0
     assert r["formation_energy_conditioning"]["n_scored"] == 1 and r["formation_energy_conditioning"]["mae"] < 3
 
 

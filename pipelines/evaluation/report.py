@@ -111,6 +111,12 @@ def write_report(result: dict[str, Any], out: str | Path) -> None:
                      f"stable/metastable/S.U.N./M.S.U.N. rates are over all {n} samples (invalid samples count as unstable; "
                      "the relaxed share stands for all valid samples); unique and novel are judged on the generated (unrelaxed) "
                      f"structures; {result['n_relax_failed']} relaxations failed (reasons in stability.csv).")
+        if result.get("hull_binary_coverage") is not None:
+            lines.append(f"Hull: {result['hull_entries']} entries; {result['hull_chemsys_coverage']:.1%} of the relaxed samples' chemical "
+                         f"systems have a known crystal of their own, and {result['hull_binary_coverage']:.1%} of their element pairs "
+                         f"have a binary compound in the hull; {result['n_far_below_hull']} relaxed samples lie more than "
+                         "0.1 eV/atom below the hull, which points at missing known phases (or an MLFF artefact) rather than at a "
+                         "discovery: with a sparse hull the stable rates are upper bounds.")
     if result.get("mean_2d_energy_per_atom") is not None:
         lines.append(f"`mean_2d_energy_per_atom`: single-point {result['mlff']} energy (raw, uncorrected) of {result['n_2d_energy']} valid monolayers.")
     inputs = result.get("inputs") or {}

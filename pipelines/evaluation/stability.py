@@ -232,6 +232,23 @@ class Hull:
             hits += chemsys <= self.elements and chemsys in systems
         return hits / len(comps) if comps else 0.0
 
+    def binary_systems_covered(self, compositions) -> float:
+        """Mean share of each composition's element pairs that have a binary compound in the hull.
+
+        A hull without the binaries of a system (no BaF2, HoF3, ScF3 for Ba-Ho-Sc-F) puts a new compound of
+        that system far below it: a low share means low E_hull values say more about the hull than the sample."""
+        from itertools import combinations
+
+        if not hasattr(self, "_pairs"):
+            self._pairs = {frozenset(e.symbol for e in entry.composition.elements) for entry in self.entries
+                           if len(entry.composition.elements) == 2}
+        shares = []
+        for comp in compositions:
+            pairs = list(combinations(sorted(e.symbol for e in comp.elements), 2))
+            if pairs:
+                shares.append(sum(frozenset(p) in self._pairs for p in pairs) / len(pairs))
+        return float(np.mean(shares)) if shares else 0.0
+
     def diagram(self, chemsys: frozenset[str]):
         if chemsys not in self._diagrams:
             from pymatgen.analysis.phase_diagram import PhaseDiagram
@@ -339,6 +356,9 @@ class StabilityJob:
         return self.steps
 
 
+FAR_BELOW_HULL = -0.1  # eV/atom: a relaxed sample this far below every known phase points at a hull gap or an MLFF artefact
+
+
 def stability_metrics(ctx) -> dict[str, Any]:
     """Relax valid samples with the MLFF, e_above_hull against the hull; rates estimated over ALL samples.
 
@@ -395,6 +415,9 @@ def stability_metrics(ctx) -> dict[str, Any]:
         out["hull_mp_anchored"] = {"entries": len(job.anchored), **job.anchored.anchor}
     out["hull_entries"] = len(job.hull)
     out["hull_chemsys_coverage"] = job.hull.chemical_systems_covered(ctx.structures[i].composition for i in chosen)
+    out["hull_binary_coverage"] = job.hull.binary_systems_covered(ctx.structures[i].composition for i in chosen)
+    scored = [d["e_above_hull"] for d in details if d["e_above_hull"] is not None]
+    out["n_far_below_hull"] = sum(e < FAR_BELOW_HULL for e in scored)  # hull gaps or MLFF artefacts, not discoveries
     out.update(n_relaxed=len(chosen), n_valid=len(valid_idx), n_relax_failed=sum(d["e_above_hull"] is None for d in details),
                stability_denominator="all samples (invalid ones count as unstable; a subsample of the valid ones stands for all of them)")
     if not chosen:

@@ -78,14 +78,16 @@ def test_constrained_composition_conditions_are_honoured(engine, tmp_path):
 
 @pytest.mark.slow
 def test_every_layer_group_can_be_prompted(engine, tmp_path):
-    """Issue 8: `dim=2 lg=N` for all 80 layer groups (adapter, constrained) gives crystals detected in group N."""
+    """Issue 8: `dim=2 lg=N` for all 80 layer groups (adapter, constrained, with `generate`'s redraws) gives
+    crystals detected in group N. Two samples per group: benchmarks/bench_conditions.py measures the rates."""
     from xtallm.pipelines.evaluation.context import parse as _parse
     from xtallm.tokenization.record import detect_group
 
     csv = tmp_path / "layer_groups.csv"
     csv.write_text("dim,lg\n" + "".join(f"2,{n}\n" for n in range(1, 81)))
-    job = SampleJob(str(tmp_path / "s"), num_samples=6, conditions_file=str(csv),
-                    options=SampleOptions(model=str(default_model_path()), adapter=str(default_adapter_path()), constrained=True))
+    job = SampleJob(str(tmp_path / "s"), num_samples=2, conditions_file=str(csv),
+                    options=SampleOptions(model=str(default_model_path()), adapter=str(default_adapter_path()), constrained=True,
+                                          redraws=3))
     run_sample(job, sampler=engine)
     hits: dict[int, int] = {n: 0 for n in range(1, 81)}
     for row in read_samples(tmp_path / "s" / "samples.jsonl"):
@@ -93,4 +95,4 @@ def test_every_layer_group_can_be_prompted(engine, tmp_path):
         hits[row["conditions"]["lg"]] += s is not None and detect_group(s, 2, symprec=0.1) == row["conditions"]["lg"]
     missed = [n for n, k in hits.items() if k == 0]
     assert not missed, f"layer groups with no sample detected in the group: {missed}"
-    assert sum(hits.values()) / 480 >= 0.85  # benchmarks/results/layer_groups_constrained.json: 0.956 at 8 per group
+    assert sum(hits.values()) / 160 >= 0.9  # README: 0.997 with redraws at 8 per group

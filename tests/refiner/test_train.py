@@ -78,3 +78,18 @@ def test_a_crafted_pickle_in_a_checkpoint_is_refused_and_never_runs(tmp_path):
     (step / "extra_state.pkl").write_bytes(b"\x80\x04N.")  # accelerate's save_state layout
     with pytest.raises(CheckpointError, match="holds pickle files"):
         train(_config(out), resume=True)
+
+
+def test_a_half_written_checkpoint_is_passed_over(tmp_path):
+    """A run killed while saving leaves a checkpoint folder without progress.json: resume takes the one before."""
+    straight = tmp_path / "straight"
+    train(_config(straight), resume=False)
+    out = tmp_path / "run"
+    train(_config(out, "train.stop_after_steps=3"), resume=False)
+    torn = out / "checkpoints" / "step_00000005"
+    torn.mkdir()
+    (torn / "model.safetensors").write_bytes(b"\x00" * 100)  # cut off mid-write, progress.json never written
+    train(_config(out), resume=True)
+    a, b = _weights(straight), _weights(out)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key])
