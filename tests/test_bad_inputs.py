@@ -5,6 +5,7 @@ docs/bad_inputs.md holds the table of these cases with the verdict of each on th
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -257,13 +258,21 @@ def test_evaluate_counts_torn_and_foreign_lines(files, tmp_path):
     assert "3 sample line(s) could not be read" in (tmp_path / "e" / "summary.md").read_text()
 
 
+@contextlib.contextmanager
+def _small_disk(path: Path, options: str):
+    """A 64 KiB tmpfs at `path` (root only), unmounted afterwards."""
+    path.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"{options},size=64k", "tmpfs", str(path)], capture_output=True).returncode:
+        pytest.skip(f"cannot mount a {options} tmpfs here (needs root)")
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", str(path)], capture_output=True)
+
+
 def test_full_disk_is_one_line(files, tmp_path, capsys):
     """A full disk (a 64 KiB tmpfs) mid-write: one line naming the problem, no traceback."""
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a small tmpfs here (needs root)")
-    try:
+    with _small_disk(tmp_path / "disk", "rw") as disk:
         big = files / "big.jsonl"
         row = json.loads((files / "good.jsonl").read_text())
         big.write_text("".join(json.dumps({**row, "id": f"g{i}"}) + "\n" for i in range(60)))
@@ -271,8 +280,6 @@ def test_full_disk_is_one_line(files, tmp_path, capsys):
         err = capsys.readouterr().err
         assert "No space left on device" in err and "Traceback" not in err
         big.unlink()
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)
 
 
 def test_two_runs_on_one_out_are_refused(files, tmp_path):
@@ -288,11 +295,7 @@ def test_two_runs_on_one_out_are_refused(files, tmp_path):
 
 def test_read_only_output_folder_is_one_line(files, tmp_path, capsys):
     """An output folder on a read-only file system (root ignores chmod, so a read-only tmpfs)."""
-    disk = tmp_path / "ro"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "ro,size=64k", "tmpfs", str(disk)], capture_output=True).returncode:
-        pytest.skip("cannot mount a read-only tmpfs here (needs root)")
-    try:
+    with _small_disk(tmp_path / "ro", "ro") as disk:
         for argv in (["refine", str(files / "good.jsonl"), "--out", str(disk / "r"), "--steps", "2"],
                      ["data", "prepare", str(EXAMPLES), "--out", str(disk / "d")],
                      ["export", str(files / "good.jsonl"), "--format", "lemat-genbench", "--out", str(disk / "x")]):
@@ -300,5 +303,3 @@ def test_read_only_output_folder_is_one_line(files, tmp_path, capsys):
             err = capsys.readouterr().err
             errors = [line for line in err.splitlines() if "error:" in line]
             assert len(errors) == 1 and "Read-only file system" in errors[0] and "Traceback" not in err, err
-    finally:
-        subprocess.run(["umount", str(disk)], capture_output=True)

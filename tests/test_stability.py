@@ -197,3 +197,8 @@ def _ref(known, tmp_path):
     path = tmp_path / "ref.csv"
     known.to_csv(path, index=False)
     return path
+
+
+def test_energies_above_any_crystal_count_as_failed():
+    assert S.unphysical_energy(6.5e6) and "above" in S.unphysical_energy(6.5e6)
+    assert S.unphysical_energy(-3.0) is None and S.unphysical_energy(None) is None

@@ -25,6 +25,9 @@ DEFAULT_FMAX = 0.05  # eV/Å
 # atoms into each other can return hundreds or thousands of eV/atom below that, which would read as
 # "very stable". Anything below this floor is a failed relaxation.
 MIN_ENERGY_PER_ATOM = -15.0
+# Real crystals lie below about 0 eV/atom on this scale (noble gases near 0); a single point of atoms pushed
+# together can return millions of eV/atom (seen: +6.5e6 for a generated structure), which would swamp any mean.
+MAX_ENERGY_PER_ATOM = 5.0
 MAX_STEPS = 1500  # the protocol's cap on FIRE steps
 
 
@@ -80,6 +83,8 @@ def unphysical_energy(energy_per_atom: float | None) -> str | None:
     """Why an MLFF energy cannot be a crystal's (None when it can)."""
     if energy_per_atom is not None and energy_per_atom < MIN_ENERGY_PER_ATOM:
         return f"exploded: {energy_per_atom:.1f} eV/atom is below any real crystal's ({MIN_ENERGY_PER_ATOM} eV/atom), an MLFF artefact"
+    if energy_per_atom is not None and energy_per_atom > MAX_ENERGY_PER_ATOM:
+        return f"exploded: {energy_per_atom:.4g} eV/atom is above any real crystal's ({MAX_ENERGY_PER_ATOM} eV/atom), an MLFF artefact"
     return None
 
 
