@@ -215,45 +215,42 @@ class State:
         return Structure(Lattice(self.cell[b].detach().cpu().double().numpy()), self.z[lo:hi].cpu().tolist(),
                          self.pos[lo:hi].detach().cpu().double().numpy(), coords_are_cartesian=True)
 
+    def subset(self, keep: list[int]) -> "State":
+        """The crystals `keep`, with their FIRE state and neighbour lists."""
+        new = State.__new__(State)
+        new.cutoff, new.device = self.cutoff, self.device
+        new.crystals = [self.crystals[b] for b in keep]
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        atom_mask = torch.isin(self.sys, idx)
+        new.n_atoms = self.n_atoms[idx]
+        new.sys = torch.repeat_interleave(torch.arange(len(keep), device=self.device), new.n_atoms.long())
+        new.offsets = np.concatenate([[0], np.cumsum(new.n_atoms.long().cpu().numpy())])
+        for name in ("z", "ref_pos", "v_atom", "built_pos"):
+            setattr(new, name, getattr(self, name)[atom_mask])
+        for name in ("ref_cell", "deform", "v_cell", "dt", "a", "npos", "steps", "layer", "built_deform"):
+            setattr(new, name, getattr(self, name)[idx])
+        new.volume0 = self.volume0[keep]
+        new.done = torch.zeros(len(keep), dtype=torch.bool, device=self.device)
+        new.pair_lists = [self.pair_lists[b] for b in keep]
+        new._assemble()
+        return new
 
-def _take(state: State, keep: list[int]) -> State:
-    new = State.__new__(State)
-    new.cutoff, new.device = state.cutoff, state.device
-    new.crystals = [state.crystals[b] for b in keep]
-    idx = torch.tensor(keep, dtype=torch.long, device=state.device)
-    atom_mask = torch.isin(state.sys, idx)
-    new.n_atoms = state.n_atoms[idx]
-    new.sys = torch.repeat_interleave(torch.arange(len(keep), device=state.device), new.n_atoms.long())
-    new.offsets = np.concatenate([[0], np.cumsum(new.n_atoms.long().cpu().numpy())])
-    for name in ("z", "ref_pos", "v_atom", "built_pos"):
-        setattr(new, name, getattr(state, name)[atom_mask])
-    for name in ("ref_cell", "deform", "v_cell", "dt", "a", "npos", "steps", "layer", "built_deform"):
-        setattr(new, name, getattr(state, name)[idx])
-    new.volume0 = state.volume0[keep]
-    new.done = torch.zeros(len(keep), dtype=torch.bool, device=state.device)
-    new.pair_lists = [state.pair_lists[b] for b in keep]
-    new._assemble()
-    return new
-
-
-def _concat(states: list[State]) -> State:
-    new = State.__new__(State)
-    new.cutoff, new.device = states[0].cutoff, states[0].device
-    new.crystals = [c for s in states for c in s.crystals]
-    new.n_atoms = torch.cat([s.n_atoms for s in states])
-    new.sys = torch.repeat_interleave(torch.arange(len(new.crystals), device=new.device), new.n_atoms.long())
-    new.offsets = np.concatenate([[0], np.cumsum(new.n_atoms.long().cpu().numpy())])
-    for name in ("z", "ref_pos", "v_atom", "ref_cell", "deform", "v_cell", "dt", "a", "npos", "steps", "layer", "done",
-                 "built_pos", "built_deform"):
-        setattr(new, name, torch.cat([getattr(s, name) for s in states]))
-    new.volume0 = np.concatenate([s.volume0 for s in states])
-    new.pair_lists = [pl for s in states for pl in s.pair_lists]
-    new._assemble()
-    return new
-
-
-State.subset = _take  # type: ignore[attr-defined]
-State.concat = staticmethod(_concat)  # type: ignore[attr-defined]
+    @staticmethod
+    def concat(states: list["State"]) -> "State":
+        """One state of several (crystals carried over and new ones)."""
+        new = State.__new__(State)
+        new.cutoff, new.device = states[0].cutoff, states[0].device
+        new.crystals = [c for s in states for c in s.crystals]
+        new.n_atoms = torch.cat([s.n_atoms for s in states])
+        new.sys = torch.repeat_interleave(torch.arange(len(new.crystals), device=new.device), new.n_atoms.long())
+        new.offsets = np.concatenate([[0], np.cumsum(new.n_atoms.long().cpu().numpy())])
+        for name in ("z", "ref_pos", "v_atom", "ref_cell", "deform", "v_cell", "dt", "a", "npos", "steps", "layer", "done",
+                     "built_pos", "built_deform"):
+            setattr(new, name, torch.cat([getattr(s, name) for s in states]))
+        new.volume0 = np.concatenate([s.volume0 for s in states])
+        new.pair_lists = [pl for s in states for pl in s.pair_lists]
+        new._assemble()
+        return new
 
 
 def _join(queue: Iterator, budget: int, waiting: list[Crystal], errors: list) -> list[Crystal]:
