@@ -4,7 +4,9 @@
 # 1. the reference hull: SevenNet-0 single points of known bulk crystals, one process per table
 #    .dev/s15/known_*.csv.xz (benchmarks/stability_inputs.py writes them);
 # 2. the samples relaxed (batched FIRE, <= 1500 steps, fmax 0.05): refined.jsonl.xz, llm.jsonl.xz;
-# 3. with SUBSET=1, convergence: known_subset.csv.xz relaxed with 1500 steps.
+# 3. with SUBSET=1, convergence: known_subset.csv.xz relaxed with 1500 steps;
+# 4. with .dev/s15/fe_gen.jsonl present (bench_formation_energy.py's generated samples), those relaxed too.
+# BATCH_ATOMS (default 6000) sets the atoms per model call of the sample relaxations; GPU use is logged to gpu.csv.
 # Each output resumes (rows already there are skipped); at most 8 files come back.
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 3
@@ -14,6 +16,9 @@ export PYTHONPATH=/tmp/site:/tmp/ns PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_
 S=.dev/s15; X="python3 -m xtallm.pipelines.cli"; LIMIT=${LIMIT:-540}; LOGS=/tmp/logs; mkdir -p "$OUT" $LOGS
 cp $S/out/* "$OUT"/ 2>/dev/null || true  # partial outputs of an earlier call: resumed
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.csv" &
+monitor=$!
+export PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True
 start=$(date +%s)
 for f in $S/known_*.csv.xz $S/rest_*.csv.xz; do
   [ -e "$f" ] || continue
@@ -22,13 +27,16 @@ for f in $S/known_*.csv.xz $S/rest_*.csv.xz; do
 done
 for set in refined llm; do
   [ -e $S/$set.jsonl.xz ] && timeout $LIMIT $X relax $S/$set.jsonl.xz --out "$OUT/relaxed_$set.jsonl" --relax-steps 1500 \
-    > "$LOGS/relax_$set.txt" 2>&1 &
+    --batch-atoms "${BATCH_ATOMS:-6000}" > "$LOGS/relax_$set.txt" 2>&1 &
 done
+[ -e $S/fe_gen.jsonl ] && timeout $LIMIT $X relax $S/fe_gen.jsonl --out "$OUT/relaxed_fe_1500.jsonl" --relax-steps 1500 \
+  > "$LOGS/relax_fe.txt" 2>&1 &
 if [ "${SUBSET:-0}" = 1 ]; then
   timeout $LIMIT $X hull build --structures $S/known_subset.csv.xz --relax-steps 1500 --no-elements \
     --out "$OUT/hull_subset_relaxed.csv" > "$LOGS/subset.txt" 2>&1 &
 fi
-wait
+wait $(jobs -p | grep -v "^$monitor$")
+kill $monitor
 echo "wall $(( $(date +%s) - start )) s"
 for f in "$OUT"/*; do echo "$f $(wc -l < "$f") lines"; done
 rm -f "$OUT"/*.lock
