@@ -14,7 +14,7 @@ FrechetCellFilter differs in the cell parametrisation (log of the deformation), 
 it looks for; `tests/test_batch_relax.py` checks that both reach the same energy. Monolayers keep
 c fixed (only a, b and gamma relax), as `stability.relax` does.
 
-Neighbours: candidate pairs within cutoff + skin (1 Å) come from ASE's neighbour list when a
+Neighbours: candidate pairs within cutoff + skin (1 Å) come from matscipy's neighbour list when a
 crystal joins and again only when one of its atoms moved, or its cell strained, by more than
 half the skin; each step keeps the candidates within the cutoff, on the device.
 """
@@ -63,9 +63,12 @@ class Crystal:
 
 
 def _neighbours(positions: np.ndarray, cell: np.ndarray, dim: int, radius: float) -> tuple[np.ndarray, np.ndarray]:
-    from ase.neighborlist import primitive_neighbor_list
+    """Pairs within `radius` and their cell shifts; matscipy's C neighbour list (a SevenNet dependency) gives
+    ASE's pairs ~40x faster (0.7 vs 29 ms for a 16-atom crystal at 6 Å), which matters when hundreds of
+    moving crystals need new lists every few steps."""
+    from matscipy.neighbours import neighbour_list
 
-    i, j, shifts = primitive_neighbor_list("ijS", [True, True, dim == 3], cell, positions, radius, self_interaction=False)
+    i, j, shifts = neighbour_list("ijS", positions=positions, cell=cell, pbc=[True, True, dim == 3], cutoff=radius)
     return np.stack([i, j]), shifts
 
 
@@ -107,16 +110,22 @@ class State:
 
     def _rebuild(self, which: Iterable[int]) -> None:
         """New candidate pairs (local atom indices) for crystals `which`, at their current geometry."""
-        pos, cell = self.pos.detach().cpu().double().numpy(), self.cell.detach().cpu().double().numpy()
-        built_pos = self.built_pos if hasattr(self, "built_pos") else self.pos.detach().clone()
-        built_deform = self.built_deform if hasattr(self, "built_deform") else self.deform.detach().clone()
+        which = list(which)
+        pos_now, deform_now = self.pos.detach(), self.deform.detach()
+        pos, cell = pos_now.cpu().double().numpy(), self.cell.detach().cpu().double().numpy()
+        layer = self.layer.cpu().numpy()
+        built_pos = self.built_pos if hasattr(self, "built_pos") else pos_now.clone()
+        built_deform = self.built_deform if hasattr(self, "built_deform") else deform_now.clone()
         for b in which:
             lo, hi = self.offsets[b], self.offsets[b + 1]
-            pairs, shifts = _neighbours(pos[lo:hi], cell[b], 3 - int(self.layer[b]), self.cutoff + SKIN)
-            self.pair_lists[b] = (torch.tensor(pairs, dtype=torch.long, device=self.device),
-                                  torch.tensor(shifts, dtype=torch.float32, device=self.device))
-            built_pos[lo:hi] = self.pos[lo:hi].detach()
-            built_deform[b] = self.deform[b].detach()
+            pairs, shifts = _neighbours(pos[lo:hi], cell[b], 3 - int(layer[b]), self.cutoff + SKIN)
+            self.pair_lists[b] = (torch.from_numpy(pairs).to(self.device, torch.long),
+                                  torch.from_numpy(shifts).to(self.device, torch.float32))
+        if which:
+            rows = torch.as_tensor(which, device=self.device)
+            atoms = torch.isin(self.sys, rows)
+            built_pos[atoms] = pos_now[atoms]
+            built_deform[rows] = deform_now[rows]
         self.built_pos, self.built_deform = built_pos, built_deform
         self._assemble()
 
