@@ -32,6 +32,34 @@ def xtallm(*args: str) -> None:
     subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", *args], check=True, cwd=REPO)
 
 
+def relax_provenance(path: Path) -> dict:
+    """What made the relaxations (rows written on another machine, e.g. the GPU one, are reused as they are)."""
+    from collections import Counter
+
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    steps = [r["steps"] for r in rows if r.get("steps") is not None]
+    return {"n": len(rows), "engines": dict(Counter(str(r.get("engine")) for r in rows)),
+            "converged": sum(bool(r.get("converged")) for r in rows), "failed": sum(r.get("error") is not None for r in rows),
+            "median_steps": float(np.median(steps)) if steps else None}
+
+
+def plot(requested: np.ndarray, achieved: np.ndarray, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 4.2))
+    lo, hi = float(min(requested.min(), achieved.min())) - 0.2, float(max(requested.max(), achieved.max())) + 0.2
+    ax.plot([lo, hi], [lo, hi], color="grey", lw=1, label="achieved = requested")
+    ax.scatter(requested, achieved, s=12, alpha=0.7)
+    ax.set(xlabel="requested formation energy (eV/atom)", ylabel="achieved, SevenNet-0 relaxed (eV/atom)", xlim=(lo, hi), ylim=(lo, hi))
+    ax.legend(loc="upper left", fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/fe15")
@@ -77,12 +105,13 @@ def main() -> int:
         "pearson_r": float(np.corrcoef(requested, achieved)[0, 1]) if len(details) > 2 else None,
         "requested_mean": float(requested.mean()), "achieved_mean": float(achieved.mean()),
         "validity": metrics.get("validity"), "seconds": round(time.perf_counter() - started, 1),
-        "engine": args.engine,
+        "relaxations": relax_provenance(relaxed),
         "command": f"python benchmarks/bench_formation_energy.py --work {args.work} --n {args.n} --relax-steps {args.relax_steps} --subsample {args.subsample} --device {args.device} --engine {args.engine}",
         "date": time.strftime("%Y-%m-%d"),
     }
     out = Path(args.out or HERE / "results" / f"formation_energy_conditioning_{tag}.json")
     out.write_text(json.dumps(result, indent=2) + "\n")
+    plot(requested, achieved, out.with_suffix(".png"))
     print(json.dumps(result, indent=2))
     return 0
 

@@ -13,7 +13,7 @@ python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upg
 mkdir -p /tmp/ns/xtallm
 for p in tokenization llm refiner pipelines configs; do ln -sfn "$PWD/$p" "/tmp/ns/xtallm/$p"; done
 export PYTHONPATH=/tmp/site:/tmp/ns PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 OMP_NUM_THREADS=2
-S=.dev/s15; X="python3 -m xtallm.pipelines.cli"; LIMIT=${LIMIT:-540}; LOGS=/tmp/logs; mkdir -p "$OUT" $LOGS
+S=${S:-.dev/s15}; X="python3 -m xtallm.pipelines.cli"; LIMIT=${LIMIT:-540}; LOGS=/tmp/logs; mkdir -p "$OUT" $LOGS
 cp $S/out/* "$OUT"/ 2>/dev/null || true  # partial outputs of an earlier call: resumed
 nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader -l 10 > "$OUT/gpu.csv" &

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, Callable
 
 from pymatgen.core import Composition
 from pymatgen.core.periodic_table import Element
@@ -331,12 +331,25 @@ def header_grammar(conditions: dict[str, Any], dims: list[int] | None = None, op
     return "root ::= " + " | ".join(lines) + "\n"
 
 
+def accepting(grammar: str) -> Callable[[str], bool]:
+    """Whether a text is a sentence of `grammar`, as a function: the grammar is parsed and compiled once
+    (for tests and checks, not for decoding; no tokenizer, characters only)."""
+    import xgrammar
+
+    compiled = xgrammar.GrammarCompiler(xgrammar.TokenizerInfo([]), cache_enabled=False).compile_grammar(
+        xgrammar.Grammar.from_ebnf(grammar))
+    matcher = xgrammar.GrammarMatcher(compiled, terminate_without_stop_token=True)
+
+    def check(text: str) -> bool:
+        matcher.reset()
+        return bool(matcher.accept_string(text) and matcher.is_terminated())
+
+    return check
+
+
 def accepts(grammar: str, text: str) -> bool:
     """Whether `text` is a sentence of `grammar` (for tests and checks, not for decoding)."""
-    import xgrammar
-    from xgrammar.testing import _is_grammar_accept_string
-
-    return _is_grammar_accept_string(xgrammar.Grammar.from_ebnf(grammar), text)
+    return accepting(grammar)(text)
 
 
 def without_group(header: str, line: str) -> str:
