@@ -45,7 +45,7 @@ class SamplingOptions:
     data_parallel_size: int = option(1, "vLLM: engine replicas, one per GPU group")
     dtype: str = option("auto", "vLLM weight/activation dtype (auto, bfloat16, float16, float32)")
     vllm_compile: str = option("auto", "vLLM: torch.compile and CUDA graphs (auto: on a GPU only; on a 2-core CPU compiling "
-                          "the 11M model costs 40-70 s at start for decoding about 15 percent faster)", choices=("auto", "yes", "no"))
+                          "the 11M model added 40 s to the start and decoded no faster)", choices=("auto", "yes", "no"))
     server: str | None = option(None, "backend server: http://HOST:PORT of an OpenAI-compatible server (vllm serve)")
     server_model: str | None = option(None, "backend server: the model or LoRA module name the server knows")
     extra: dict[str, Any] = option(factory=dict, help="more vLLM engine arguments (YAML/overrides only)", flag=False)

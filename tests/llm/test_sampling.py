@@ -239,7 +239,7 @@ def test_engine_processes_die_with_a_killed_command(base_model, tmp_path):
 
 @pytest.mark.parametrize("choice, on_gpu, eager", [("auto", False, True), ("auto", True, False), ("yes", False, False), ("no", True, True)])
 def test_vllm_compile_choice_reaches_the_engine(monkeypatch, choice, on_gpu, eager):
-    """`--vllm-compile auto` skips torch.compile/CUDA graphs on a CPU only (40-70 s of start for ~15% faster decoding)."""
+    """`--vllm-compile auto` skips torch.compile/CUDA graphs on a CPU only (there it added 40 s to the start, no speed)."""
     import vllm
 
     from xtallm.llm import sampling
