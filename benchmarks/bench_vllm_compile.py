@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -50,7 +51,7 @@ def main() -> int:
     results = {}
     for choice in ("no", "yes"):
         proc = subprocess.run([sys.executable, "-c", CHILD, args.model, choice, str(args.n)], capture_output=True, text=True, cwd=REPO,
-                              env={**__import__("os").environ, "VLLM_CPU_KVCACHE_SPACE": "2"}, timeout=1800)
+                              env={**os.environ, "VLLM_CPU_KVCACHE_SPACE": "2"}, timeout=1800)
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:
             print(proc.stderr[-2000:], file=sys.stderr)

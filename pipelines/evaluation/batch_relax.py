@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from pymatgen.core import Lattice, Structure
 
-from .stability import DEFAULT_FMAX, MAX_STEPS, Relaxation, checked_relaxation
+from .stability import BATCH_ATOMS, DEFAULT_FMAX, MAX_STEPS, Relaxation, checked_relaxation, default_device
 
 SKIN = 1.0  # Å
 FIRE = dict(dt=0.1, maxstep=0.2, dtmax=1.0, nmin=5, finc=1.1, fdec=0.5, astart=0.1, fa=0.99)
@@ -284,13 +284,13 @@ def _join(queue: Iterator, budget: int, waiting: list[Crystal], errors: list) ->
 
 
 def relax_batched(items: Iterable[tuple[Any, Structure, int]], steps: int = MAX_STEPS, fmax: float = DEFAULT_FMAX,
-                  device: str | None = None, max_atoms_in_batch: int = 4096, model=None) -> Iterator[tuple[Any, Relaxation]]:
+                  device: str | None = None, max_atoms_in_batch: int = BATCH_ATOMS, model=None) -> Iterator[tuple[Any, Relaxation]]:
     """(key, Relaxation) for every (key, structure, dim), as each finishes; steps=0: single points.
 
     The batch holds up to `max_atoms_in_batch` atoms; every COMPACT_EVERY steps after a crystal
     finished, the unfinished ones carry on (with their FIRE state) beside newly joined ones. A crystal
     the model cannot take comes back with its error; it never stops the rest."""
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = device or default_device()
     model, cutoff = model or load_sevennet(device)
     queue = iter(items)
     carried: State | None = None

@@ -57,15 +57,12 @@ def engine_for(engine: str, mlff: str, device: str | None = None) -> str:
         raise ValueError(f"the batched engine runs SevenNet only; use --engine ase for {mlff}")
     if engine != "auto":
         return engine
-    import torch
-
-    on_gpu = (device or ("cuda" if torch.cuda.is_available() else "cpu")).startswith("cuda")
-    return "batched" if mlff == "sevennet" and on_gpu else "ase"
+    return "batched" if mlff == "sevennet" and (device or S.default_device()).startswith("cuda") else "ase"
 
 
 def relax_many(items: Iterable[tuple[Any, Structure, int]], mlff: str, steps: int = S.MAX_STEPS,
                fmax: float = S.DEFAULT_FMAX, device: str | None = None, workers: int = 1,
-               desc: str = "relaxing", engine: str = "auto", batch_atoms: int = 4096) -> Iterator[tuple[Any, S.Relaxation]]:
+               desc: str = "relaxing", engine: str = "auto", batch_atoms: int = S.BATCH_ATOMS) -> Iterator[tuple[Any, S.Relaxation]]:
     """(key, Relaxation) for every (key, structure, dim), in the order they finish.
 
     A structure the potential cannot handle comes back with its `error`; it never stops the rest.
@@ -124,7 +121,7 @@ class RelaxOptions:
     workers: int = option(1, "parallel relaxations, each with its own potential (engine ase)")
     engine: str = option("auto", "auto: batched FIRE for SevenNet on a GPU (many crystals per model call), ASE per crystal otherwise",
                          choices=ENGINES)
-    batch_atoms: int = option(4096, "atoms per model call (engine batched): more keeps a large GPU busier, "
+    batch_atoms: int = option(S.BATCH_ATOMS, "atoms per model call (engine batched): more keeps a large GPU busier, "
                               "~7 MB of GPU memory per atom; a batch that runs out of memory is split, never lost")
 
     def check(self) -> None:

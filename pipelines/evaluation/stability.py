@@ -29,6 +29,7 @@ MIN_ENERGY_PER_ATOM = -15.0
 # together can return millions of eV/atom (seen: +6.5e6 for a generated structure), which would swamp any mean.
 MAX_ENERGY_PER_ATOM = 5.0
 MAX_STEPS = 1500  # the protocol's cap on FIRE steps
+BATCH_ATOMS = 4096  # atoms per model call of the batched relaxer (batch_relax.py); ~7 MB of GPU memory each
 
 
 class MixedEnergyScalesError(ValueError):
