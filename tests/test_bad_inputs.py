@@ -132,9 +132,9 @@ CLI_CASES = [
     # relax
     (["relax", "{folder}/none.jsonl", "--out", "{tmp}/x.jsonl"], "no such samples file"),
     (["relax", "{good}", "--out", "{folder}"], "is a folder"),
-    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--relax-steps", "-1"], "steps"),
+    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--relax-steps", "-1"], "--relax-steps must be >= 0"),
     (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--mlff", "chgnet", "--engine", "batched"], "batched engine runs SevenNet only"),
-    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--workers", "0"], "workers"),
+    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--workers", "0"], "--workers must be >= 1"),
     # hull build
     (["hull", "build", "--structures", "{folder}/none.csv", "--out", "{tmp}/h.csv"], "no such table"),
     (["hull", "build", "--structures", "{nocif}", "--out", "{tmp}/h.csv"], "no 'cif' column"),

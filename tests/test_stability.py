@@ -202,3 +202,11 @@ def _ref(known, tmp_path):
 def test_energies_above_any_crystal_count_as_failed():
     assert S.unphysical_energy(6.5e6) and "above" in S.unphysical_energy(6.5e6)
     assert S.unphysical_energy(-3.0) is None and S.unphysical_energy(None) is None
+
+
+def test_relax_options_name_the_bad_setting():
+    from xtallm.pipelines.evaluation.relax import RelaxOptions
+
+    with pytest.raises(ValueError, match=r"^--batch-atoms must be >= 1, got 0$"):
+        RelaxOptions(batch_atoms=0).check()
+    RelaxOptions().check()

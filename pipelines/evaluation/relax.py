@@ -125,9 +125,13 @@ class RelaxOptions:
                               "~7 MB of GPU memory per atom; a batch that runs out of memory is split, never lost")
 
     def check(self) -> None:
-        if self.steps < 0 or self.fmax <= 0 or self.workers < 1 or (self.subsample is not None and self.subsample < 1) \
-                or self.batch_atoms < 1:
-            raise ValueError("steps must be >= 0, fmax > 0, workers >= 1, subsample >= 1, batch atoms >= 1")
+        bad = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
+            ("--relax-steps", self.steps, self.steps >= 0, ">= 0"), ("--fmax", self.fmax, self.fmax > 0, "> 0"),
+            ("--workers", self.workers, self.workers >= 1, ">= 1"),
+            ("--subsample", self.subsample, self.subsample is None or self.subsample >= 1, ">= 1"),
+            ("--batch-atoms", self.batch_atoms, self.batch_atoms >= 1, ">= 1")) if not ok]
+        if bad:
+            raise ValueError("; ".join(bad))
         engine_for(self.engine, self.mlff)
 
 
