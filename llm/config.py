@@ -97,6 +97,7 @@ class TrainConfig:
     num_workers: int = 0
     stop_after_steps: int | None = None  # stop early without changing the schedule (tests, preemption drills)
     time_limit_s: float | None = None  # finish (save the final model) once training has run this long
+    schedule_by_time: bool = False  # with time_limit_s: the LR schedule runs on max(step, time) progress, so it ends annealed
     compile: bool = False  # torch.compile the model (dynamic shapes); fuses a small model's many small kernels
 
 

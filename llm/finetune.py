@@ -31,7 +31,7 @@ from xtallm.llm.card import write_model_card
 from xtallm.llm.config import FinetuneConfig, load_config
 from xtallm.llm.data import PackedExamples, build_examples, collate
 from xtallm.llm.hf_generate import sample_texts
-from xtallm.llm.model import count_parameters, load_model, load_tokenizer, save_xtallm_config
+from xtallm.llm.model import count_parameters, load_model, load_tokenizer, name_adapter_base, save_xtallm_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,11 +100,38 @@ def save_final(model, tokenizer, config: FinetuneConfig, metrics: dict, accelera
             str(output_dir), state_dict=state, safe_serialization=True, max_shard_size=config.train.max_shard_size
         )
         tokenizer.save_pretrained(str(output_dir))
+        name_adapter_base(output_dir, config.model.base)  # `smollm2`, not this machine's cache folder
         config.save(output_dir / "finetune_config.yaml")
         save_xtallm_config(output_dir, config)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        write_loss_curve(output_dir, metrics.get("history", []), plot=True)
         write_model_card(output_dir, config, metrics)
     accelerator.wait_for_everyone()
+
+
+def write_loss_curve(output_dir: Path, history: list[dict], plot: bool = False) -> None:
+    """loss_curve.csv (step, train_loss, eval_loss, lr, tokens_per_s) and, with `plot`, loss_curve.png."""
+    keys = ("step", "train_loss", "eval_loss", "lr", "tokens_per_s", "epoch")
+    lines = [",".join(keys)] + [",".join("" if h.get(k) is None else f"{h[k]:.6g}" for k in keys) for h in history]
+    Path(output_dir, "loss_curve.csv").write_text("\n".join(lines) + "\n")
+    if not plot or not history:
+        return
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for key in ("train_loss", "eval_loss"):
+        points = [(h["step"], h[key]) for h in history if h.get(key) is not None]
+        if points:
+            ax.plot(*zip(*points), marker="o" if key == "eval_loss" else None, label=key.replace("_", " "))
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("cross-entropy (nats/token)")
+    ax.legend()
+    ax.grid(alpha=0.3)
+    fig.savefig(Path(output_dir, "loss_curve.png"), dpi=110, bbox_inches="tight")
+    plt.close(fig)
 
 
 @dataclass
@@ -191,7 +218,7 @@ def _after_step(run: Run, stop_at: int, window: dict) -> dict:
     if step % tc.log_every == 0 or step == stop_at:
         mean_loss = accelerator.reduce(torch.stack(window["losses"]).mean(), reduction="mean").item()
         elapsed = time.perf_counter() - window["started"]
-        logs.update(train_loss=mean_loss, lr=run.scheduler.get_last_lr()[0],
+        logs.update(train_loss=mean_loss, lr=run.optimizer.param_groups[0]["lr"],
                     tokens_per_s=int(window["tokens"]) * accelerator.num_processes / max(elapsed, 1e-9),
                     epoch=run.progress.epoch + run.progress.batches_in_epoch / max(len(run.train_loader), 1))
         window.update(losses=[], tokens=0, started=time.perf_counter())
@@ -203,6 +230,8 @@ def _after_step(run: Run, stop_at: int, window: dict) -> dict:
     if logs:
         accelerator.log(logs, step=step)
         run.metrics["history"].append({"step": step, **logs})
+        if accelerator.is_main_process:
+            write_loss_curve(run.output_dir, run.metrics["history"])
     if step % tc.save_every == 0 and step < run.total_steps:
         run.checkpoint()
     return logs
@@ -235,7 +264,10 @@ def _loop(run: Run, stop_at: int, limit: TimeLimit) -> bool:
                 continue
             run.scheduler.step()
             progress.step += 1
+            if tc.schedule_by_time and tc.time_limit_s:
+                _schedule_by_time(run, limit.elapsed / tc.time_limit_s)
             bar.update(1)
+            run.metrics["train_seconds_done"] = limit.elapsed  # checkpointed with the metrics: the time limit spans resumes
             logs = _after_step(run, stop_at, window)
             if limit.reached and progress.step < stop_at:  # out of time: the final model is what there is
                 if "eval_loss" not in logs:
@@ -252,12 +284,21 @@ def _loop(run: Run, stop_at: int, limit: TimeLimit) -> bool:
     return False
 
 
+def _schedule_by_time(run: Run, fraction: float) -> None:
+    """Set the LR the schedule has at max(this step, the share of the time budget used): on a machine
+    slower than planned the run still warms up, decays and ends at the minimum LR within its time limit."""
+    at = max(run.progress.step, min(fraction, 1.0) * run.total_steps)
+    for group, base, factor in zip(run.optimizer.param_groups, run.scheduler.base_lrs, run.scheduler.lr_lambdas):
+        group["lr"] = base * factor(int(at))
+
+
 def train(config: FinetuneConfig, resume: bool = True) -> dict:
     """Train (or resume) a recipe; returns the metrics (also metrics.json next to the final model)."""
     run = setup(config)
     _start(run, resume)
     tc = config.train
     limit = TimeLimit(tc.time_limit_s)
+    limit.started -= run.metrics.get("train_seconds_done", 0.0)  # training time before a resume counts
     timed_out = _loop(run, min(run.total_steps, tc.stop_after_steps or run.total_steps), limit)
     metrics, accelerator = run.metrics, run.accelerator
     if run.progress.step < run.total_steps and not timed_out:  # stopped early on purpose: leave a checkpoint to resume from

@@ -20,7 +20,7 @@ def load_tokenizer(model_cfg: ModelConfig, max_length: int) -> PreTrainedTokeniz
         from xtallm.tokenization.tokenizer import build_crystal_tokenizer
 
         return build_crystal_tokenizer(model_max_length=max_length)
-    tok = AutoTokenizer.from_pretrained(model_cfg.base, trust_remote_code=model_cfg.trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(resolve_base(model_cfg.base), trust_remote_code=model_cfg.trust_remote_code)
     if tok.pad_token is None:  # Llama/Mistral/GPT-2 ship without one
         tok.pad_token = tok.eos_token
     return tok
@@ -73,7 +73,7 @@ def load_model(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, dtype
             kwargs["device_map"] = _local_device_map()
         elif dtype is not None and cfg.method == "lora":
             kwargs["dtype"] = dtype  # frozen base in half precision; adapters train in fp32
-        model = AutoModelForCausalLM.from_pretrained(cfg.base, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(resolve_base(cfg.base), **kwargs)
     if cfg.method == "qlora":
         from peft import prepare_model_for_kbit_training
 
@@ -110,6 +110,30 @@ def count_parameters(model) -> tuple[int, int]:
     total = sum(p.numel() for p in model.parameters())
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     return total, trainable
+
+
+def portable_base_name(base: str) -> str | None:
+    """How a saved adapter should name a GGUF base (`smollm2`, the .gguf file), instead of this machine's
+    cache folder; None for any other base (named as loaded)."""
+    if base == "from_scratch":
+        return None
+    from .gguf import SHORT_NAMES, find_gguf
+
+    gguf = find_gguf(base)
+    if gguf is None:
+        return None
+    return base if base in SHORT_NAMES else str(gguf.resolve())
+
+
+def name_adapter_base(folder: str | Path, base: str) -> None:
+    """Rewrite a saved adapter's base_model_name_or_path to the portable name of a GGUF base."""
+    name = portable_base_name(base)
+    path = Path(folder, "adapter_config.json")
+    if name is None or not path.exists():
+        return
+    config = json.loads(path.read_text())
+    config["base_model_name_or_path"] = name
+    path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
 def save_xtallm_config(path: str | Path, config: FinetuneConfig) -> None:
@@ -154,11 +178,23 @@ def default_adapter_path(task: str = "layer_group") -> Path:
 
 
 def local_model(name: str) -> str | None:
-    """The folder `name` means here: a shipped model or adapter by its name, or an existing folder; None otherwise."""
+    """The folder `name` means here: a shipped model or adapter by its name, a GGUF model (a .gguf
+    file, a folder holding one, or a short name like `smollm2`: converted once into the cache folder,
+    see llm/gguf.py), or an existing folder; None otherwise."""
     if name in (DEFAULT_MODEL, *DEFAULT_ADAPTERS.values()) and (PRETRAINED_DIR / name).is_dir():
         return str(PRETRAINED_DIR / name)
+    from .gguf import convert_gguf, find_gguf
+
+    gguf = find_gguf(name)
+    if gguf is not None:
+        return str(convert_gguf(gguf))
     path = Path(name).expanduser()
     return str(path) if path.exists() else None
+
+
+def resolve_base(name: str) -> str:
+    """`model.base` of a recipe: `from_scratch`, or a model as `resolve_model` takes it (GGUF included)."""
+    return name if name == "from_scratch" else resolve_model(name, "model.base")
 
 
 def _hub_id(name: str) -> bool:

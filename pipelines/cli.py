@@ -84,13 +84,18 @@ def _relax(args: argparse.Namespace) -> int:
     return 0
 
 
+def _reasons(counts: dict[str, int]) -> str:
+    return " (invalid: " + ", ".join(f"{n} {why}" for why, n in sorted(counts.items(), key=lambda x: -x[1])) + ")" if counts else ""
+
+
 def _refine(args: argparse.Namespace) -> int:
     from .refine import RefineJob, RefineSettings, run_refine
 
     s = run_refine(RefineJob(args.samples, args.out, with_flags(RefineSettings(), args)))
     kept = f", group kept {s['group_kept_rate']:.3f}" if s["group_kept_rate"] is not None else ""
     rate = f", {s['structures_per_s']:.1f} structures/s" if s["structures_per_s"] else ""
-    print(f"{s['refined']} of {s['samples']} refined ({s['passed_through']} passed through){kept}{rate} -> {args.out}/samples.jsonl")
+    print(f"{s['refined']} of {s['samples']} refined ({s['passed_through']} passed through){kept}{rate}; "
+          f"{s['valid']} of {s['samples']} valid{_reasons(s['invalid_reasons'])} -> {args.out}/samples.jsonl")
     return 0
 
 
@@ -105,6 +110,12 @@ def _generate(args: argparse.Namespace) -> int:
     s = run_generate(config, args.out, args.num_samples, parse_condition_args(args.condition), args.conditions_file)
     refined = s["refine"]
     extra = f", {refined['refined']} refined (group kept {refined['group_kept_rate']:.3f})" if refined and refined["group_kept_rate"] is not None else ""
+    if refined:
+        redraws = refined.get("redraws")
+        first = redraws["valid_first_draw"] if redraws else refined["valid"]
+        extra += f", {first} valid{_reasons(refined['invalid_reasons']) if not redraws else ''}"
+        if redraws:
+            extra += f" ({redraws['valid_with_redraws']} after redraws, {redraws['draws']} draws)"
     print(f"{s['samples']} samples, parse rate {s['parse_rate']:.3f}{extra}{_groups_line(s['groups'], s.get('dims'))} in {s['total_seconds']:.0f} s "
           f"-> {args.out}/samples.jsonl, {args.out}/cif/")
     return 0

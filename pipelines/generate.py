@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,8 @@ class RefineStage(RefineSettings):
     enabled: bool = option(True, "refine the sampled crystals (no: keep the LLM's crystals as they are)")
     # the stage follows the sampler unless the recipe says otherwise
     seed: int | None = option(None, "seed of the chain's noise (default: the sample stage's seed)")
+    redraw_invalid: int = option(0, "draw a crystal again (up to N times) while it is still invalid after refinement "
+                                    "(0: off; validity without redraws is reported either way)")
     vacuum: float | None = option(None, "Å of vacuum in monolayer cells (default: the sample stage's)")
 
 
@@ -70,6 +72,8 @@ def run_generate(
         settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
         settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
         refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out), RefineSettings(**settings)))
+        if r.redraw_invalid > 0:
+            refined["redraws"] = redraw_invalid(config, out, settings, r.redraw_invalid)
     else:
         shutil.copyfile(out / "llm" / "samples.jsonl", out / "samples.jsonl")
     summary = {
@@ -87,6 +91,46 @@ def run_generate(
     }
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def redraw_invalid(config: GenerateConfig, out: Path, settings: dict[str, Any], rounds: int) -> dict[str, Any]:
+    """Draw each crystal that is still invalid after refinement again (same prompt, new seeds), refine it, and
+    take the first valid redraw, for up to `rounds` rounds. DIR/samples.jsonl then holds the final rows (same
+    ids, `draws` counting every draw); the first draws stay in DIR/first_draws.jsonl: their validity is the
+    protocol figure. Each round is a resumable sample + refine stage in DIR/redraws/round_<k>/."""
+    from .samples import SampleWriter, read_samples
+    from .sample import REDRAW_SEED_STEP
+
+    final = {row.id: row for row in read_samples(out / "samples.jsonl")}
+    first = out / "first_draws.jsonl"
+    if not first.exists():
+        shutil.copyfile(out / "samples.jsonl", first)
+    first_rows = {row.id: row for row in read_samples(first)}
+    final = {sid: final.get(sid, row) for sid, row in first_rows.items()}
+    draws = len(final)
+    for k in range(1, rounds + 1):
+        bad = [row for row in final.values() if not row.valid]
+        if not bad:
+            break
+        work = out / "redraws" / f"round_{k}"
+        sample = replace(config.sample, seed=config.sample.seed + k * REDRAW_SEED_STEP)
+        run_sample(SampleJob(str(work / "llm"), 1, condition_sets=[row.conditions for row in bad], options=sample))
+        run_refine(RefineJob(str(work / "llm" / "samples.jsonl"), str(work), RefineSettings(**settings)))
+        redrawn = {row.id: row for row in read_samples(work / "samples.jsonl")}
+        for p, row in enumerate(bad):
+            draws += 1
+            new = redrawn.get(f"p{p}-0")
+            if new is not None and new.valid:
+                new = replace(new, id=row.id, draws=(row.draws or 1) + k, extra={**new.extra, "redraw_round": k})
+                final[row.id] = new
+    tmp = out / "samples.jsonl.redrawn"
+    tmp.unlink(missing_ok=True)
+    writer = SampleWriter(tmp)
+    writer.write(list(final.values()))
+    writer.close()
+    tmp.replace(out / "samples.jsonl")
+    return {"rounds": rounds, "valid_first_draw": sum(bool(r.valid) for r in first_rows.values()),
+            "valid_with_redraws": sum(bool(r.valid) for r in final.values()), "samples": len(final), "draws": draws}
 
 
 __all__ = ["GenerateConfig", "RefineStage", "load_generate_config", "run_generate"]

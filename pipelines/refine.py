@@ -21,12 +21,17 @@ from tqdm.auto import tqdm
 
 from xtallm.configs.recipe import option
 from xtallm.refiner.checkpoint import load_refiner
-from xtallm.refiner.refine import RefineOptions, default_device, refine_records
+from xtallm.configs.training import default_device
+from xtallm.refiner.refine import RefineOptions, Refined, refine_records
 from xtallm.tokenization import get_format
 from xtallm.tokenization.errors import XtallmError
 from xtallm.tokenization.formats.wyckoff import guess_dim
 from xtallm.tokenization.record import DEFAULT_VACUUM, CrystalRecord, detect_group
+from xtallm.tokenization.symmetrize import fit_to_group
+from xtallm.tokenization.symmetry import GroupId
 
+from .evaluation.metrics import validity
+from .evaluation.stability import DEFAULT_FMAX, MLFFS
 from .samples import ReadReport, Sample, SampleWriter, load_samples, read_cif, read_samples, structure_cif
 
 SYMPRECS = (0.1, 0.01, 0.001)
@@ -41,6 +46,20 @@ class RefineSettings(RefineOptions):
     check_symmetry: bool = option(True, "re-detect the group of every refined crystal (symprec 0.01)")
     vacuum: float = option(DEFAULT_VACUUM, "Å of vacuum along c in monolayer cells")
     write_cifs: bool = option(True, "also write DIR/cif/<id>.cif (and .extxyz for monolayers)", flag=False)
+    group: str | None = option(None, "declared group of input rows that state none, e.g. 'sg 62' or 'lg 78' (a folder of "
+                                     "P1 CIFs): each row is symmetrized into its declared group, or refused", metavar="GROUP")
+    # optional relaxation stage (never part of the refiner's figures)
+    relax: bool = option(False, "then relax each refined crystal in its group (MLFF + FixSymmetry) into DIR/relaxed/, "
+                                "never counted in the refiner's figures; slow on a CPU (~0.2-0.7 s per FIRE step, 20 atoms)")
+    relax_mlff: str = option("sevennet", "potential of the relaxation", choices=tuple(MLFFS))
+    relax_steps: int = option(200, "FIRE steps at most per crystal in the relaxation")
+    relax_fmax: float = option(DEFAULT_FMAX, "force convergence of the relaxation, eV/Å")
+
+    def check(self) -> None:
+        super().check()
+        from .relax_stage import relax_options
+
+        relax_options(self)  # `xtallm relax`'s rules, named by this command's flags
 
 
 @dataclass
@@ -50,8 +69,13 @@ class RefineJob:
     options: RefineSettings = field(default_factory=RefineSettings)
 
 
-def input_record(sample: Sample) -> tuple[CrystalRecord | None, str | None]:
-    """The record to refine, or None and the reason it cannot be refined."""
+def input_record(sample: Sample, group: str | None = None) -> tuple[CrystalRecord | None, str | None]:
+    """(record to refine, what was done to the input or None), or (None, why it cannot be refined).
+
+    A row that declares a group (its own, else `group`: the --group setting) is symmetrized into it
+    (`fit_to_group`), or refused ("refused: ...") when it does not fit: taking another group would
+    silently change what the row says. A row with a Wyckoff text is already in its group; a row that
+    declares none gets the group found in its structure. A bad `group` raises ValueError (a setting error)."""
     if not sample.ok or not sample.cif:
         return None, f"not a parsed sample ({sample.error or 'no cif'})"
     if sample.record is not None:  # the model's own Wyckoff assignment, exactly as written
@@ -59,27 +83,36 @@ def input_record(sample: Sample) -> tuple[CrystalRecord | None, str | None]:
     structure = read_cif(sample.cif)
     if structure is None:
         return None, "CIF does not parse"
+    declared = sample.group or (_declared_group(group) if group else None)
+    if declared is not None:
+        if sample.dim is not None and sample.dim != declared.dim:
+            return None, f"refused: the row is dim={sample.dim}, but the declared group {declared} is for dim={declared.dim}"
+        try:
+            fit = fit_to_group(structure, declared.dim, declared)
+        except XtallmError as exc:
+            return None, f"refused: {exc}"
+        return fit.record, fit.note
     dim = sample.dim or guess_dim(structure)
-    want = sample.group.number if sample.group is not None else None
-    first = None
     for symprec in SYMPRECS:
         try:
-            record = CrystalRecord.from_structure(structure, dim=dim, symprec=symprec)
+            return CrystalRecord.from_structure(structure, dim=dim, symprec=symprec), None
         except XtallmError:
             continue
-        if want is None or record.group == want:
-            return record, None
-        first = first or record
-    if first is None:
-        return None, "no symmetry found (group search failed)"
-    return first, None
+    return None, "no symmetry found (group search failed)"
+
+
+def _declared_group(text: str) -> GroupId:
+    """--group as a GroupId: 'sg 62', 'sg=62' or 'lg 78'."""
+    try:
+        return GroupId.parse(text.replace("=", " ").strip())
+    except ValueError as exc:
+        raise ValueError(f"--group {text!r}: {exc}") from None
 
 
 def run_refine(job: RefineJob) -> dict[str, Any]:
     """Refine every input row not yet in out/samples.jsonl; returns the summary (also summary.json)."""
     o = job.options
-    if not 0.0 < o.tau <= 1.0:
-        raise ValueError(f"--tau must be in (0, 1], got {o.tau}")
+    o.check()
     report = ReadReport()
     samples = load_samples(job.samples, report)
     out = Path(job.out)
@@ -127,22 +160,41 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
         "steps": o.steps,
         "checkpoint": str(o.checkpoint) if o.checkpoint else "default",
         "pass_reasons": _count(r.refine_note for r in done if not r.refined),
+        "valid": sum(bool(r.valid) for r in done),  # 0.5 Å protocol + per-pair rule + SMACT, over every row
+        "invalid_reasons": _count(_first_reason(r.invalid_reason) for r in done if not r.valid),
         "unreadable_input_rows": report.summary(),
     }
+    if o.relax:  # its own rows and figures in DIR/relaxed/; none of the figures above include it
+        from .relax_stage import run_relax_stage
+
+        summary["relax"] = run_relax_stage(out, o)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
 
 
 def _refine_chunk(refiner, part: list[Sample], o: RefineSettings) -> list[Sample]:
-    prepared = [input_record(s) for s in part]
+    prepared = [input_record(s, o.group) for s in part]
     index = [i for i, (record, _) in enumerate(prepared) if record is not None]
     refined = refine_records(refiner, [prepared[i][0] for i in index], o, progress=False)
-    results: dict[int, tuple] = {i: (None, prepared[i][1]) for i in range(len(part)) if prepared[i][0] is None}
+    results: dict[int, Refined] = {i: Refined(None, prepared[i][1], None) for i in range(len(part)) if prepared[i][0] is None}
     results.update(dict(zip(index, refined)))
-    return [_output_sample(sample, *results[i], o) for i, sample in enumerate(part)]
+    rows = [_output_sample(sample, results[i], o) for i, sample in enumerate(part)]
+    for row, (record, note) in zip(rows, prepared):  # what was done to the input (symmetrized into its declared group)
+        if record is not None and note:
+            row.refine_note = note if row.refined else f"{row.refine_note}; input {note}"
+    return rows
 
 
-def _output_sample(sample: Sample, record: CrystalRecord | None, note: str | None, o: RefineSettings) -> Sample:
+def _output_sample(sample: Sample, refined: Refined, o: RefineSettings) -> Sample:
+    """The output row, re-checked: `valid` and what failed (the protocol's 0.5 Å, the pair rule, SMACT)."""
+    out = _refined_sample(sample, refined.record, refined.note, o)
+    if out.refined:
+        out.refine_tau = refined.tau
+    out.valid, out.invalid_reason = validity(out.structure())
+    return out
+
+
+def _refined_sample(sample: Sample, record: CrystalRecord | None, note: str | None, o: RefineSettings) -> Sample:
     out = dataclasses.replace(sample)
     out.raw_cif, out.refined, out.refine_note = sample.cif, False, note
     if record is None or note is not None:
@@ -184,6 +236,12 @@ def write_layer_extxyz(cif: str, group: int, path: Path) -> None:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
+
+
+def _first_reason(reason: str | None) -> str:
+    """The kind of the first failed check ("pair rule", "SMACT", ...), for counting."""
+    first = (reason or "no structure").split(";")[0]
+    return first.split(":")[0] if ":" in first else first
 
 
 def _count(values) -> dict[str, int]:

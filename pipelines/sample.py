@@ -34,7 +34,8 @@ REDRAW_SEED_STEP = 7919  # seed of draw k: the request's seed + k * this (resuma
 class SampleOptions(SamplingOptions):
     """Everything `xtallm sample` (and the sample stage of `xtallm generate`) takes, declared once."""
 
-    model: str | None = option(None, "model folder or hub id (default: the embedded xtallm crystal LM)")
+    model: str | None = option(None, "model folder, hub id, GGUF file (or a folder holding one) or `smollm2` "
+                                       "(converted once into the cache; default: the embedded xtallm crystal LM)")
     adapter: str | None = option(None, "LoRA adapter folder or hub id, or layer_group for the shipped adapter")
     backend: str = option("vllm", "sampling backend", choices=tuple(SAMPLERS))
     constrained: bool = option(False, "grammar-constrained decoding: every sample parses and honours sg/lg/elements/formula")
@@ -57,6 +58,7 @@ class SampleJob:
     conditions: dict[str, Any] = field(default_factory=dict)
     conditions_file: str | None = None
     options: SampleOptions = field(default_factory=SampleOptions)
+    condition_sets: list[dict[str, Any]] | None = None  # prompts given in code (e.g. redraws), instead of a file
 
 
 def model_info(model: str, adapter: str | None) -> dict[str, Any]:
@@ -70,7 +72,10 @@ def model_info(model: str, adapter: str | None) -> dict[str, Any]:
 def build_requests(job: SampleJob, model: str, adapter: str | None, tokenizer, info: dict[str, Any]) -> list[Request]:
     if job.num_samples < 1:
         raise ValueError(f"--num-samples must be at least 1, got {job.num_samples}")
-    sets = read_conditions_file(job.conditions_file) if job.conditions_file else [validate_conditions(job.conditions)]
+    if job.condition_sets is not None:
+        sets = [validate_conditions(c) for c in job.condition_sets]
+    else:
+        sets = read_conditions_file(job.conditions_file) if job.conditions_file else [validate_conditions(job.conditions)]
     o = job.options
     requests = []
     for p, conditions in enumerate(sets):

@@ -4,7 +4,8 @@ One `Sample` per crystal, one JSON object per line of a samples.jsonl:
 
     id, prompt, conditions, text, ok, error, cif, dim, group,          (every row)
     n_tokens, model, adapter, constrained, draws,                       (the sampler's)
-    raw_cif, refined, refine_note, refined_text, refine_tau, detected_group   (the refiner's)
+    raw_cif, refined, refine_note, refined_text, refine_tau, detected_group,  (the refiner's)
+    valid, invalid_reason                                               (the refiner's verdict on the row)
 
 `dim` + `group` are one `GroupId` in code (a bare number is a space group or a layer group
 depending on dim). The Wyckoff record of a row is parsed from its text once, when first asked
@@ -35,7 +36,7 @@ from xtallm.tokenization.symmetry import GroupId
 LAYER_GROUP_TAG = "_xtallm_layer_group_IT_number"
 FIELDS = ("id", "prompt", "conditions", "text", "ok", "error", "cif", "dim", "group")  # in every row
 _SAMPLER_FIELDS = ("n_tokens", "model", "adapter", "constrained", "draws")
-_REFINER_FIELDS = ("raw_cif", "refined", "refine_note", "refined_text", "refine_tau", "detected_group")
+_REFINER_FIELDS = ("raw_cif", "refined", "refine_note", "refined_text", "refine_tau", "detected_group", "valid", "invalid_reason")
 
 
 @dataclass
@@ -63,6 +64,8 @@ class Sample:
     refine_tau: float | None = None
     detected_group: int | None = None
     group_checked: bool = False  # detected_group was looked for (written only then)
+    valid: bool | None = None  # after refinement: 0.5 Å protocol, per-species-pair rule and SMACT all pass
+    invalid_reason: str | None = None  # which of them failed
     extra: dict[str, Any] = field(default_factory=dict)
     _record: CrystalRecord | None = field(default=None, repr=False, compare=False)
     _record_parsed: bool = field(default=False, repr=False, compare=False)
@@ -120,6 +123,8 @@ class Sample:
                 out.update(refined_text=self.refined_text, refine_tau=self.refine_tau)
             if self.group_checked:
                 out["detected_group"] = self.detected_group
+            if self.valid is not None:
+                out.update(valid=self.valid, invalid_reason=self.invalid_reason)
         out.update(self.extra)
         return out
 

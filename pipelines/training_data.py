@@ -2,6 +2,7 @@
 
     python -m xtallm.pipelines.training_data splits --data ../shared/data      # configs/data/*.csv (ids + rule)
     python -m xtallm.pipelines.training_data build  --data ../shared/data --out .devdata
+    python -m xtallm.pipelines.training_data lm --tokenizer smollm2 --variants 2 --data ../shared/data --out .devdata/smollm2
 
 Held-out splits (named, versioned, deterministic, no RNG state involved):
 - `mp20-heldout-v1`: MP-20 rows (train_partial + val) whose key u = sha256("mp20-heldout-v1:" +
@@ -341,9 +342,37 @@ def build(data: Path, out: Path, variants: dict[str, int], num_proc: int | None 
     return report
 
 
+def build_lm(data: Path, out: Path, tokenizer_name: str, variants: int = 2, max_length: int = 512, n_eval: int | None = 256,
+             num_proc: int | None = None) -> dict:
+    """Pretokenized MP-20 sets for a pretrained LM's own tokenizer (`smollm2`, a folder, a hub id):
+    `out/pretok/mp20_train` (train_partial + val minus mp20-heldout-v1 and its same-material duplicates,
+    exactly as the default's bulk set excludes them) and `out/pretok/mp20_eval` (held-out crystals, the
+    first `n_eval` of a seeded shuffle: eval loss during training costs forward passes on a CPU)."""
+    from transformers import AutoTokenizer
+
+    from xtallm.llm.config import DataConfig
+    from xtallm.llm.model import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model(tokenizer_name, "--tokenizer"), model_max_length=max_length)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    splits = read_splits()
+    cfg = DataConfig(max_length=max_length)
+    rows, excluded = training_rows(data, MP20_KEYS, splits, num_proc)
+    meta = pretokenize(rows, tokenizer, cfg, out / "pretok" / "mp20_train", variants)
+    eval_rows = heldout_rows(data, splits, (MP20_SPLIT,), num_proc)
+    if n_eval and n_eval < len(eval_rows):
+        eval_rows = eval_rows.shuffle(seed=0).select(range(n_eval))
+    eval_meta = pretokenize(eval_rows, tokenizer, cfg, out / "pretok" / "mp20_eval", 1, train=False)
+    report = {"tokenizer": tokenizer_name, "sources": excluded, "train": meta, "eval": eval_meta}
+    (out / "pretok" / "build_report_lm.json").write_text(json.dumps(report, indent=2))
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("command", choices=["splits", "build"])
+    parser.add_argument("command", choices=["splits", "build", "lm"],
+                        help="lm: MP-20 sets pretokenized with a pretrained LM's tokenizer (--tokenizer)")
     parser.add_argument("--data", default=os.environ.get("XTALLM_DATA"), required="XTALLM_DATA" not in os.environ,
                         help="folder with mp20/, twod/, ... (the team's shared/data; default: $XTALLM_DATA)")
     parser.add_argument("--out", default=".devdata", help="where pretokenized sets, prompts and references go")
@@ -351,8 +380,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--only", default="bulk,wbm,2d,lora_lg",
                         help="pretokenize only these sets ('' for none; 'shared' = splits, prompts, references only)")
     parser.add_argument("--num-proc", type=int, default=min(os.cpu_count() or 1, 2))
+    parser.add_argument("--tokenizer", default="smollm2", help="lm: the model whose tokenizer is used (short name, GGUF, folder)")
+    parser.add_argument("--n-eval", type=int, default=256, help="lm: held-out crystals in the eval set (0: all)")
     args = parser.parse_args(argv)
     data = Path(args.data)
+    if args.command == "lm":
+        variants = int(args.variants) if args.variants.isdigit() else 2
+        report = build_lm(data, Path(args.out), args.tokenizer, variants, n_eval=args.n_eval or None, num_proc=args.num_proc)
+        print(json.dumps({k: report[k] for k in ("sources", "train", "eval")}))
+        return 0
     if args.command == "splits":
         for path in write_splits(make_splits(data, args.num_proc)):
             print(path)

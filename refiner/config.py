@@ -41,6 +41,9 @@ class RefinerTrainConfig:
     t_min: float = 0.0  # noise levels trained on; refinement lives at the low end
     t_max: float = 0.8
     lattice_weight: float = 1.0
+    corruption: float = 0.0  # share of each batch given LLM-like errors first (refiner/corrupt.py)
+    corruption_t_min: float = 0.3  # a corrupted crystal is trained at levels >= this and >= its displacement's level
+    init_from: str | None = None  # fine-tune a saved refiner (its architecture, schedule and site vocabulary)
     ema_decay: float = 0.999
     mixed_precision: str = "auto"  # auto = bf16 on GPUs that have it, else fp32
     compile: bool = False
@@ -72,4 +75,8 @@ def load_refiner_config(path: str | Path | None, overrides: list[str] | None = N
     t = config.train
     if not 0.0 <= t.t_min < t.t_max <= 1.0:
         raise ValueError(f"train.t_min/t_max must satisfy 0 <= t_min < t_max <= 1, got {t.t_min}, {t.t_max}")
+    if not 0.0 <= t.corruption <= 1.0 or not 0.0 <= t.corruption_t_min <= t.t_max:
+        raise ValueError(f"train.corruption must be in [0, 1] and corruption_t_min in [0, t_max], got {t.corruption}, {t.corruption_t_min}")
+    if t.init_from is not None and not Path(t.init_from, "refiner.json").exists():
+        raise FileNotFoundError(f"train.init_from={t.init_from}: not a refiner checkpoint (no refiner.json)")
     return config

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .clash import periodic_images, relieve, repel
 from .crystal import CrystalBatch, expand, lattice_matrix, minimum_image, pull_back, push_forward, site_noise, wrap_sites
 from .lattice import project_k
 from .model import Denoiser
@@ -54,14 +55,19 @@ def predict(model: Denoiser, batch: CrystalBatch, site_v: torch.Tensor, k: torch
     return pull_back(batch, lattice, cart), k_out.float() * batch.k_free, lattice
 
 
-def training_loss(model: Denoiser, batch: CrystalBatch, schedule: NoiseSchedule, t: torch.Tensor) -> dict[str, torch.Tensor]:
-    """Denoising score matching at times t (B,): coordinate and lattice losses."""
+def training_loss(model: Denoiser, batch: CrystalBatch, schedule: NoiseSchedule, t: torch.Tensor,
+                  start: tuple[torch.Tensor, torch.Tensor] | None = None) -> dict[str, torch.Tensor]:
+    """Denoising score matching at times t (B,): coordinate and lattice losses.
+
+    `start` (free parameters, k), e.g. LLM-like corruptions of the batch (refiner/corrupt.py), is noised
+    instead of the truth; the target stays the way back to the truth, so the network learns to undo them."""
     sigma = schedule.sigma(t)
     lattice_sigma = schedule.lattice_sigma(t)
     clean_lattice = lattice_matrix(batch)
-    v_t = wrap_sites(batch, batch.site_v + site_noise(batch, clean_lattice) * sigma[:, None, None])
-    k_noise = torch.randn_like(batch.k) * batch.k_free
-    k_t = project_k(batch.k + lattice_sigma[:, None] * k_noise, batch.k_free, batch.k_fixed)
+    v0, k0 = (batch.site_v, batch.k) if start is None else start
+    v_t = wrap_sites(batch, v0 + site_noise(batch, clean_lattice) * sigma[:, None, None])
+    k_t = project_k(k0 + lattice_sigma[:, None] * torch.randn_like(batch.k) * batch.k_free, batch.k_free, batch.k_fixed)
+    k_target = (k_t - batch.k) * batch.k_free / lattice_sigma[:, None]
 
     dv_hat, k_hat, lattice = predict(model, batch, v_t, k_t, t)
     # target: where each atom went (nearest image), in the noisy cell's Cartesian frame, per unit sigma
@@ -70,12 +76,14 @@ def training_loss(model: Denoiser, batch: CrystalBatch, schedule: NoiseSchedule,
     pred = push_forward(batch, lattice, dv_hat)
     n_atoms = batch.atom_mask.sum().clamp(min=1)
     coord = ((pred - target) ** 2).sum(-1).mul(batch.atom_mask).sum() / n_atoms
-    lattice_loss = ((k_hat - k_noise) ** 2).sum() / batch.k_free.sum().clamp(min=1)
+    lattice_loss = ((k_hat - k_target) ** 2).sum() / batch.k_free.sum().clamp(min=1)
     return {"coord": coord, "lattice": lattice_loss}
 
 
 @dataclass
-class SamplerOptions:
+class ChainOptions:
+    """The reverse chain's numerics (not the LLM's sampling options: those are llm.SamplingOptions)."""
+
     steps: int = 200  # steps of the whole chain over t in [0, 1]
     corrector_steps: int = 1
     corrector_step: float = 0.1  # Langevin step as a fraction of sigma^2
@@ -84,49 +92,57 @@ class SamplerOptions:
     ode: bool = False  # deterministic probability-flow steps (no injected noise, no corrector)
     cuda_graph: bool = True  # on CUDA, replay one captured step (the chain is launch-bound otherwise)
     compile: bool = False  # torch.compile the network (dynamic shapes: one compilation for all batch sizes)
+    repulsion: float = 1.0  # strength of the clash repulsion after every step (needs a distance table; 0: off)
+    polish_steps: int = 0  # repulsion-only steps after the chain (needs a distance table)
 
 
 # per-step coefficients of the chain, columns of `_chain_coefficients`
 _CORR_DRIFT, _CORR_NOISE, _CORR_DRIFT_K, _CORR_NOISE_K, _PRED_DRIFT, _PRED_NOISE, _PRED_DRIFT_K, _PRED_NOISE_K, _ODE, _ODE_K = range(10)
 
 
-def _chain_coefficients(schedule: NoiseSchedule, tau: float, n: int, options: SamplerOptions) -> tuple[list[float], torch.Tensor]:
-    """Times and the drift/noise scale of every step, computed on the host once (no syncs in the loop)."""
-    times = [tau * (1 - i / n) for i in range(n + 1)]
-    sig = [float(schedule.sigma(torch.tensor(t, dtype=torch.float64))) for t in times]
-    lsig = [float(schedule.lattice_sigma(torch.tensor(t, dtype=torch.float64))) for t in times]
+def _chain_coefficients(schedule: NoiseSchedule, tau: torch.Tensor, n: int, options: ChainOptions) -> tuple[torch.Tensor, torch.Tensor]:
+    """Times (n, B) and the drift/noise scale of every step for every crystal (n, B, 10), computed once
+    on the host (no syncs in the loop). Crystal b runs from its own tau[b] to 0 in the same n steps."""
+    times = tau.double()[None, :] * (1 - torch.arange(n + 1, dtype=torch.float64)[:, None] / n)  # (n + 1, B)
+    sig, lsig = schedule.sigma(times), schedule.lattice_sigma(times)
     sig[-1] = lsig[-1] = 0.0  # the last step lands on the clean estimate
+    s, s_next, ls, ls_next = sig[:-1], sig[1:], lsig[:-1], lsig[1:]
+    var, lattice_var = s**2 - s_next**2, ls**2 - ls_next**2
     gamma = options.corrector_step
-    rows = []
-    for i in range(n):
-        s, s_next, ls, ls_next = sig[i], sig[i + 1], lsig[i], lsig[i + 1]
-        var, lattice_var = s**2 - s_next**2, ls**2 - ls_next**2
-        rows.append([
-            gamma * s, math.sqrt(2 * gamma) * s, gamma * ls, math.sqrt(2 * gamma) * ls,  # Langevin corrector
-            var / s, math.sqrt(var) if s_next > 0 else 0.0, lattice_var / ls, math.sqrt(lattice_var) if ls_next > 0 else 0.0,
-            s - s_next, ls - ls_next,  # probability flow
-        ])  # fmt: skip
-    return times, torch.tensor(rows, dtype=torch.float32)
+    zero = torch.zeros_like(s)
+    rows = [
+        gamma * s, math.sqrt(2 * gamma) * s, gamma * ls, math.sqrt(2 * gamma) * ls,  # Langevin corrector
+        var / s, torch.where(s_next > 0, var.clamp(min=0).sqrt(), zero),  # reverse-SDE predictor
+        lattice_var / ls, torch.where(ls_next > 0, lattice_var.clamp(min=0).sqrt(), zero),
+        s - s_next, ls - ls_next,  # probability flow
+    ]  # fmt: skip
+    return times[:-1].float(), torch.stack(rows, dim=-1).float()
 
 
-def _chain_step(model: Denoiser, batch: CrystalBatch, options: SamplerOptions, v, k, t, c, xi_v, xi_k):
-    """One step of the reverse chain: correctors, then the predictor. Pure tensor work on fixed
-    shapes (noise comes in as xi_v (draws, B, S, 3), xi_k (draws, B, 6)), so it can be a CUDA graph."""
+def _chain_step(model: Denoiser, batch: CrystalBatch, options: ChainOptions, table, images, v, k, t, c, xi_v, xi_k):
+    """One step of the reverse chain: correctors, the predictor, then the clash repulsion. Pure tensor
+    work on fixed shapes (noise comes in as xi_v (draws, B, S, 3), xi_k (draws, B, 6); c is (B, 10)),
+    so it can be a CUDA graph."""
     lattice_on = 1.0 if options.refine_lattice else 0.0
     k_mask = batch.k_free * lattice_on
+    cv, ck = c[:, :, None, None], c[:, :, None]  # broadcast over sites / k components
     if options.ode:  # probability flow: dx/dsigma = eps_hat
         dv_hat, k_hat, _ = predict(model, batch, v, k, t, options.bf16)
-        v = wrap_sites(batch, v - c[_ODE] * dv_hat)
-        return v, project_k(k - c[_ODE_K] * k_hat * lattice_on, batch.k_free, batch.k_fixed)
-    for j in range(options.corrector_steps):  # Langevin at the current noise level
-        dv_hat, k_hat, lattice = predict(model, batch, v, k, t, options.bf16)
-        v = wrap_sites(batch, v - c[_CORR_DRIFT] * dv_hat + c[_CORR_NOISE] * site_noise(batch, lattice, xi=xi_v[j]))
-        k_step = c[_CORR_DRIFT_K] * k_hat + c[_CORR_NOISE_K] * xi_k[j] * k_mask
+        v = wrap_sites(batch, v - cv[:, _ODE] * dv_hat)
+        k = project_k(k - ck[:, _ODE_K] * k_hat * lattice_on, batch.k_free, batch.k_fixed)
+    else:
+        for j in range(options.corrector_steps):  # Langevin at the current noise level
+            dv_hat, k_hat, lattice = predict(model, batch, v, k, t, options.bf16)
+            v = wrap_sites(batch, v - cv[:, _CORR_DRIFT] * dv_hat + cv[:, _CORR_NOISE] * site_noise(batch, lattice, xi=xi_v[j]))
+            k_step = ck[:, _CORR_DRIFT_K] * k_hat + ck[:, _CORR_NOISE_K] * xi_k[j] * k_mask
+            k = project_k(k - k_step * lattice_on, batch.k_free, batch.k_fixed)
+        dv_hat, k_hat, lattice = predict(model, batch, v, k, t, options.bf16)  # reverse-SDE predictor step to the next level
+        v = wrap_sites(batch, v - cv[:, _PRED_DRIFT] * dv_hat + cv[:, _PRED_NOISE] * site_noise(batch, lattice, xi=xi_v[-1]))
+        k_step = ck[:, _PRED_DRIFT_K] * k_hat - ck[:, _PRED_NOISE_K] * xi_k[-1] * k_mask
         k = project_k(k - k_step * lattice_on, batch.k_free, batch.k_fixed)
-    dv_hat, k_hat, lattice = predict(model, batch, v, k, t, options.bf16)  # reverse-SDE predictor step to the next level
-    v = wrap_sites(batch, v - c[_PRED_DRIFT] * dv_hat + c[_PRED_NOISE] * site_noise(batch, lattice, xi=xi_v[-1]))
-    k_step = c[_PRED_DRIFT_K] * k_hat - c[_PRED_NOISE_K] * xi_k[-1] * k_mask
-    return v, project_k(k - k_step * lattice_on, batch.k_free, batch.k_fixed)
+    if table is not None and options.repulsion > 0:
+        v, k = repel(batch, v, k, table, lattice_on, options.repulsion, images)
+    return v, k
 
 
 _COMPILED: dict[int, torch.nn.Module] = {}
@@ -167,40 +183,49 @@ def refine(
     model: Denoiser,
     batch: CrystalBatch,
     schedule: NoiseSchedule,
-    tau: float,
-    options: SamplerOptions,
+    tau: float | torch.Tensor,
+    options: ChainOptions,
     generator: torch.Generator | None = None,
+    table: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise the batch's state to t0 = tau and denoise it: (free parameters (B, S, 3), k (B, 6)).
 
-    All noise of the chain is drawn up front from `generator`, so the result for a seed is the
-    same with and without a CUDA graph.
+    `tau` is one level for all, or one per crystal (B,): the chain runs round(max tau x steps) steps
+    and each crystal descends from its own level. With `table` (refiner/clash.py: closest allowed
+    distance per pair of atomic numbers) every step ends with a symmetric repulsion of clashing
+    atoms, and `options.polish_steps` repulsion-only steps follow the chain. All noise of the chain
+    is drawn up front from `generator`, so the result for a seed is the same with and without a
+    CUDA graph. Callers validate tau (RefineOptions.check).
     """
-    if not 0.0 < tau <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {tau}")
-    n = max(1, round(tau * options.steps))
     device = batch.k.device
+    tau = torch.as_tensor(tau, dtype=torch.float64).flatten().expand(batch.size).cpu()
+    n = max(1, round(float(tau.max()) * options.steps))
     times, coefficients = _chain_coefficients(schedule, tau, n, options)
-    coefficients = coefficients.to(device)
+    t_all, coefficients = times.to(device), coefficients.to(device)
     draws = 1 if options.ode else 1 + options.corrector_steps
     xi_v = torch.randn((n, draws, *batch.site_v.shape), generator=generator, device=device)
     xi_k = torch.randn((n, draws, *batch.k.shape), generator=generator, device=device)
     start_v = torch.randn(batch.site_v.shape, generator=generator, device=device)
     start_k = torch.randn(batch.k.shape, generator=generator, device=device)
-    t_all = torch.tensor(times[:n], dtype=torch.float32, device=device)[:, None].expand(n, batch.size)
 
     k_mask = batch.k_free * (1.0 if options.refine_lattice else 0.0)
-    sigma0, lattice_sigma0 = (float(f(torch.tensor(tau, dtype=torch.float64))) for f in (schedule.sigma, schedule.lattice_sigma))
-    v = wrap_sites(batch, batch.site_v + site_noise(batch, lattice_matrix(batch), xi=start_v) * sigma0)
-    k = project_k(batch.k + start_k * k_mask * lattice_sigma0, batch.k_free, batch.k_fixed)
+    sigma0 = schedule.sigma(tau).float().to(device)
+    lattice_sigma0 = schedule.lattice_sigma(tau).float().to(device)
+    v = wrap_sites(batch, batch.site_v + site_noise(batch, lattice_matrix(batch), xi=start_v) * sigma0[:, None, None])
+    k = project_k(batch.k + start_k * k_mask * lattice_sigma0[:, None], batch.k_free, batch.k_fixed)
+    table = None if table is None else table.to(device)
+    images = None if table is None else periodic_images(batch, table)  # with room for the cell to shrink a little
 
     network = _compiled(model) if options.compile else model
 
     def step(v, k, t, c, xv, xk):
-        return _chain_step(network, batch, options, v, k, t, c, xv, xk)
+        return _chain_step(network, batch, options, table, images, v, k, t, c, xv, xk)
 
     if options.cuda_graph and device.type == "cuda" and n > 2:
         step = _GraphedStep(step, v, k, t_all[0], coefficients[0], xi_v[0], xi_k[0])
     for i in range(n):
         v, k = step(v, k, t_all[i], coefficients[i], xi_v[i], xi_k[i])
-    return v.clone() * batch.site_free, k.clone()
+    v, k = v.clone(), k.clone()
+    if table is not None and options.polish_steps > 0:
+        v, k = relieve(batch, v, k, table, options.polish_steps, 1.0 if options.refine_lattice else 0.0, images)
+    return v * batch.site_free, k

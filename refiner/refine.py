@@ -8,6 +8,7 @@ comes back unchanged with the reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -16,77 +17,115 @@ from tqdm.auto import tqdm
 from xtallm.configs.recipe import option
 
 from .checkpoint import Refiner
+from .clash import repulsion_table, worst_deficit
 from .crystal import arrays_to_record, collate, record_to_arrays
-from .diffusion import SamplerOptions, refine
+from .diffusion import ChainOptions, refine
 
 
 @dataclass
 class RefineOptions:
-    """The reverse chain's settings (SDEdit from t0 = tau)."""
+    """The reverse chain's settings (SDEdit from t0 = tau), as users set them."""
 
     tau: float = option(0.2, "noise level to start from, in (0, 1]; 0.2-0.3 measured best (docs/benchmarks.md)")
+    tau_max: float = option(0.5, "start crystals with clashing atoms higher, up to this level, by their worst "
+                                 "distance deficit (= tau: one level for all)")
     steps: int = option(200, "steps of the whole chain; round(tau * steps) are run")
     corrector_steps: int = option(1, "Langevin corrector steps per predictor step")
     corrector_step: float = option(0.1, "corrector step size (signal-to-noise ratio)")
     refine_lattice: bool = option(True, "move the free lattice parameters too (no: coordinates only)")
+    repulsion: float = option(1.0, "strength of the symmetric clash repulsion in every step (0: off)")
+    polish_steps: int = option(50, "repulsion-only steps after the chain (0: none)")
     batch_size: int = option(256, "crystals per batch (capped by their size: batch x atoms^2)")
     max_atoms: int = option(200, "larger crystals (conventional cell) pass through unchanged")
     seed: int = option(0, "seed of the chain's noise")
     compile: bool = option(False, "torch.compile the network (GPU: ~2.4x faster after ~40 s of compilation; for large sets)")
 
     def check(self) -> None:
+        """The one place refinement settings are validated (every entry point calls it)."""
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not self.tau <= self.tau_max <= 1.0:
+            raise ValueError(f"tau_max must be in [tau, 1] = [{self.tau}, 1], got {self.tau_max}")
         if self.steps < 1 or self.batch_size < 1 or self.max_atoms < 1 or self.corrector_steps < 0:
             raise ValueError("steps, batch_size and max_atoms must be >= 1, corrector_steps >= 0")
+        if self.repulsion < 0 or self.polish_steps < 0:
+            raise ValueError(f"repulsion and polish_steps must be >= 0, got {self.repulsion} and {self.polish_steps}")
 
-    def sampler(self, device: torch.device) -> SamplerOptions:
+    def chain(self, device: torch.device) -> ChainOptions:
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
-        return SamplerOptions(self.steps, self.corrector_steps, self.corrector_step, self.refine_lattice, bf16, compile=self.compile)
+        return ChainOptions(self.steps, self.corrector_steps, self.corrector_step, self.refine_lattice, bf16,
+                            compile=self.compile, repulsion=self.repulsion, polish_steps=self.polish_steps)
+
+    def start_levels(self, deficit: torch.Tensor) -> torch.Tensor:
+        """Each crystal's starting noise level from its worst distance deficit (1 - d/d0, 0 when plausible):
+        tau for a plausible crystal, rising linearly to tau_max at a deficit of one half."""
+        return self.tau + (self.tau_max - self.tau) * (deficit.double().cpu() / 0.5).clamp(0.0, 1.0)
 
 
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
-def size_batches(sizes: list[int], batch_size: int, typical_atoms: int = 24) -> list[list[int]]:
+def size_batches(sizes: list[int], batch_size: int, typical_atoms: int = 24, split_at: list[bool] | None = None) -> list[list[int]]:
     """Consecutive index batches over ascending sizes, capped so that batch x largest^2 (the padded
-    pair count, which sets the cost) stays within batch_size x typical_atoms^2."""
+    pair count, which sets the cost) stays within batch_size x typical_atoms^2; a new batch also starts
+    where `split_at` changes value (e.g. from plausible to clashing crystals)."""
     budget = batch_size * typical_atoms**2
     batches: list[list[int]] = []
     for i, n in enumerate(sizes):
-        if batches and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * n * n <= budget:
+        same_kind = split_at is None or (batches and split_at[batches[-1][-1]] == split_at[i])
+        if batches and same_kind and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * n * n <= budget:
             batches[-1].append(i)
         else:
             batches.append([i])
     return batches
 
 
-def refine_records(refiner: Refiner, records: list, options: RefineOptions, progress: bool = True) -> list[tuple[object, str | None]]:
-    """(refined record, None) or (input record, reason it was passed through), in input order."""
-    if not 0.0 < options.tau <= 1.0:
-        raise ValueError(f"tau must be in (0, 1], got {options.tau}")
+class Refined(NamedTuple):
+    record: object  # the refined CrystalRecord, or the input one when it was passed through
+    note: str | None  # why it was passed through (None: refined)
+    tau: float | None  # the level its chain started from (tau, or higher for a crystal with clashing atoms)
+
+
+def refine_records(refiner: Refiner, records: list, options: RefineOptions, progress: bool = True) -> list[Refined]:
+    """One Refined per record, in input order."""
+    options.check()
     device = next(refiner.model.parameters()).device
-    results: list[tuple[object, str | None]] = [(r, None) for r in records]
+    table = repulsion_table(device=device) if options.repulsion > 0 or options.polish_steps > 0 else None
+    results: list[Refined] = [Refined(r, None, None) for r in records]
     todo = []
     for i, record in enumerate(records):
         if record.n_atoms > options.max_atoms:
-            results[i] = (record, f"{record.n_atoms} atoms in the conventional cell > max_atoms={options.max_atoms}")
+            results[i] = Refined(record, f"{record.n_atoms} atoms in the conventional cell > max_atoms={options.max_atoms}", None)
         else:
             todo.append(i)
-    todo.sort(key=lambda i: records[i].n_atoms)  # similar sizes share a batch: little padding
-    batches = size_batches([records[i].n_atoms for i in todo], options.batch_size)
+    arrays = {i: record_to_arrays(records[i]) for i in todo}
+    levels = _start_levels(arrays, refiner.vocab, options, device)
+    # plausible crystals (start at tau) and clashing ones (start higher: more steps) in separate batches,
+    # similar sizes together: little padding, and the plausible majority runs only round(tau x steps) steps
+    todo.sort(key=lambda i: (levels[i] > options.tau, records[i].n_atoms))
+    batches = size_batches([records[i].n_atoms for i in todo], options.batch_size, split_at=[levels[i] > options.tau for i in todo])
     batches = [[todo[j] for j in batch] for batch in batches]
     for b, chunk in enumerate(tqdm(batches, desc=f"refine tau={options.tau}", disable=not progress or len(batches) < 2)):
-        arrays = [record_to_arrays(records[i]) for i in chunk]
-        batch = collate(arrays, refiner.vocab).to(device)
+        batch = collate([arrays[i] for i in chunk], refiner.vocab).to(device)
         generator = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + b)
-        site_v, k = refine(refiner.model, batch, refiner.schedule, options.tau, options.sampler(device), generator)
+        tau = torch.tensor([levels[i] for i in chunk], dtype=torch.float64)
+        site_v, k = refine(refiner.model, batch, refiner.schedule, tau, options.chain(device), generator, table)
         site_v, k = site_v.double().cpu().numpy(), k.double().cpu().numpy()
         for j, i in enumerate(chunk):
             n_sites = len(records[i].sites)
             if not (np.isfinite(site_v[j, :n_sites]).all() and np.isfinite(k[j]).all()):
-                results[i] = (records[i], "refiner produced non-finite coordinates")
+                results[i] = Refined(records[i], "refiner produced non-finite coordinates", None)
                 continue
-            results[i] = (arrays_to_record(records[i], k[j], site_v[j, :n_sites]), None)
+            results[i] = Refined(arrays_to_record(records[i], k[j], site_v[j, :n_sites]), None, levels[i])
     return results
+
+
+def _start_levels(arrays: dict, vocab: dict[str, int], options: RefineOptions, device: torch.device) -> dict[int, float]:
+    """Each crystal's starting level (RefineOptions.start_levels of its worst distance deficit)."""
+    if options.tau_max <= options.tau:
+        return {i: options.tau for i in arrays}
+    table = repulsion_table(device=device)
+    order = sorted(arrays, key=lambda i: arrays[i].n_atoms)
+    levels: dict[int, float] = {}
+    for chunk in size_batches([arrays[i].n_atoms for i in order], options.batch_size):
+        ids = [order[j] for j in chunk]
+        deficit = worst_deficit(collate([arrays[i] for i in ids], vocab).to(device), table)
+        levels.update(zip(ids, options.start_levels(deficit).tolist()))
+    return levels

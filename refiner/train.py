@@ -27,8 +27,9 @@ from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
 from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, mixed_precision, run_entry_point
-from xtallm.refiner.checkpoint import save_refiner
+from xtallm.refiner.checkpoint import load_refiner, save_refiner
 from xtallm.refiner.config import RefinerConfig, load_refiner_config
+from xtallm.refiner.corrupt import corrupt, training_levels
 from xtallm.refiner.crystal import CrystalArrays
 from xtallm.refiner.data import HeldOut, SizeBucketBatches, build_arrays, load_arrays, make_batch, save_arrays, site_vocabulary
 from xtallm.refiner.diffusion import training_loss
@@ -67,6 +68,16 @@ def evaluate(model, crystals, indices, vocab, config: RefinerConfig, accelerator
             losses = training_loss(model, batch, config.schedule, t)
             coord.append(losses["coord"].item())
         totals[f"eval_coord_t{t_value}"] = float(np.mean(coord)) if coord else float("nan")
+    if config.train.corruption > 0:  # the same LLM-like errors every time (seeded), at the level refinement starts them
+        generator = torch.Generator().manual_seed(4321)
+        coord = []
+        for idx in batches:
+            batch = make_batch(crystals, idx, vocab)
+            v, k, _ = corrupt(batch, 1.0, generator)
+            t = training_levels(batch, v, config.schedule, torch.zeros(batch.size), config.train.corruption_t_min, config.train.t_max)
+            batch, start = batch.to(accelerator.device), (v.to(accelerator.device), k.to(accelerator.device))
+            coord.append(training_loss(model, batch, config.schedule, t.to(accelerator.device), start)["coord"].item())
+        totals["eval_corrupted_coord"] = float(np.mean(coord)) if coord else float("nan")
     torch.random.set_rng_state(state)
     if cuda_state is not None:
         torch.cuda.set_rng_state_all(cuda_state)
@@ -106,14 +117,20 @@ def setup(config: RefinerConfig) -> Run:
     crystals, _ = load_training_arrays(config)
     if len(crystals) < 2:
         raise ValueError(f"data.train gave {len(crystals)} usable crystal(s); need at least 2")
-    vocab = site_vocabulary(crystals)
-    config.model.site_vocab_size = len(vocab)
+    start = load_refiner(tc.init_from) if tc.init_from else None
+    if start is not None:  # fine-tuning: the saved network, noise schedule and site vocabulary
+        vocab, config.model, config.schedule = start.vocab, start.model.config, start.schedule
+    else:
+        vocab = site_vocabulary(crystals)
+        config.model.site_vocab_size = len(vocab)
     train_idx, eval_idx = split(len(crystals), config.data.eval_fraction, tc.seed)
     sampler = SizeBucketBatches([crystals[i].n_atoms for i in train_idx], tc.batch_size, tc.seed)
     if accelerator.is_main_process:
         Path(tc.output_dir).mkdir(parents=True, exist_ok=True)
         config.save(Path(tc.output_dir) / "config.yaml")
     model = Denoiser(config.model)
+    if start is not None:
+        model.load_state_dict(start.model.state_dict())
     ema = torch.optim.swa_utils.AveragedModel(model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(tc.ema_decay))
     optimizer = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     total_steps = tc.max_steps or max(1, math.ceil(tc.epochs * math.ceil(len(sampler) / accelerator.num_processes)))
@@ -143,10 +160,16 @@ def _start(run: Run, resume: bool) -> None:
 def _step(run: Run, local: np.ndarray, generator: torch.Generator) -> torch.Tensor:
     """One optimizer step on one batch; returns the (coord, lattice) losses."""
     tc, accelerator = run.config.train, run.accelerator
-    batch = make_batch(run.crystals, run.train_idx[local], run.vocab).to(accelerator.device)
+    batch = make_batch(run.crystals, run.train_idx[local], run.vocab)
     generator.manual_seed(tc.seed * 1_000_003 + run.progress.step * 101 + accelerator.process_index)
     t = tc.t_min + (tc.t_max - tc.t_min) * torch.rand(batch.size, generator=generator)
-    losses = training_loss(run.model, batch, run.config.schedule, t.to(accelerator.device))  # the prepared model autocasts itself
+    start = None
+    if tc.corruption > 0:  # LLM-like errors on a share of the batch, drawn on the host (seeded, resumable)
+        v, k, chosen = corrupt(batch, tc.corruption, generator)
+        t = torch.where(chosen, training_levels(batch, v, run.config.schedule, t, tc.corruption_t_min, tc.t_max), t)
+        start = (v.to(accelerator.device), k.to(accelerator.device))
+    batch = batch.to(accelerator.device)
+    losses = training_loss(run.model, batch, run.config.schedule, t.to(accelerator.device), start)  # the prepared model autocasts itself
     accelerator.backward(losses["coord"] + tc.lattice_weight * losses["lattice"])
     if tc.max_grad_norm:
         accelerator.clip_grad_norm_(run.model.parameters(), tc.max_grad_norm)

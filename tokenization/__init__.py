@@ -12,7 +12,7 @@ from typing import Any, Mapping
 _NAMES = {
     "get_format": ".formats", "FORMATS": ".formats", "split_header": ".formats",
     "CrystalRecord": ".record", "Site": ".record", "detect_group": ".record",
-    "get_group": ".symmetry", "GroupId": ".symmetry",
+    "get_group": ".symmetry", "GroupId": ".symmetry", "fit_to_group": ".symmetrize", "GroupFit": ".symmetrize",
     "ParseError": ".errors", "EncodeError": ".errors", "ConditionError": ".errors", "XtallmError": ".errors",
     "format_header": ".conditions", "parse_header": ".conditions", "validate_conditions": ".conditions",
 }

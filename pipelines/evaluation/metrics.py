@@ -43,6 +43,27 @@ def structurally_valid(structure: Structure | None) -> bool:
     return min(structure.lattice.abc) >= MIN_DISTANCE
 
 
+def validity(structure: Structure | None) -> tuple[bool, str | None]:
+    """A refined row's verdict: (True, None), or (False, every failed check joined by "; ").
+
+    Checks: the protocol's structural validity (0.5 Å, 0.1 Å^3), the per-species-pair rule (no
+    pair closer than pyxtal's atomic tolerance, refiner/clash.py) and SMACT. The first is the figure
+    that compares with the literature; the rule is stricter for most pairs (0.5 x the covalent sum)."""
+    if structure is None:
+        return False, "no structure"
+    from xtallm.refiner.clash import CLASH_FACTOR, closest_pair
+
+    problems = []
+    if not structurally_valid(structure):
+        problems.append(f"atoms closer than {MIN_DISTANCE} Å (or volume < {MIN_VOLUME} Å^3)")
+    ratio, pair = closest_pair(structure, CLASH_FACTOR)
+    if ratio < 1.0:
+        problems.append(f"pair rule: {pair}")
+    if not compositionally_valid(structure.composition):
+        problems.append(f"SMACT: {structure.composition.reduced_formula} not charge-balanced")
+    return (not problems), ("; ".join(problems) or None)
+
+
 def compositionally_valid(composition: Composition | None) -> bool:
     """CDVAE's SMACT charge-neutrality + electronegativity test, with smact 4's smact14 set.
 

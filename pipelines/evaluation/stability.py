@@ -43,9 +43,9 @@ def check_mlff(name: str) -> str:
 
 
 def default_device() -> str:
-    import torch
+    from xtallm.configs.training import default_device as decide  # imported late: torch loads only when asked
 
-    return "cuda" if torch.cuda.is_available() else "cpu"
+    return decide()
 
 
 def load_calculator(name: str, device: str | None = None):

@@ -185,3 +185,24 @@ def test_push_to_hub_uploads_the_folder(base_model, monkeypatch):
 def test_config_errors(overrides, message):
     with pytest.raises(ValueError, match=message.replace(".", r"\.").replace("(", r"\(")):
         load_config(TINY, overrides)
+
+
+def test_schedule_by_time_follows_the_time_budget():
+    """On a machine slower than planned, the LR goes where the share of the time budget used puts it."""
+    from types import SimpleNamespace
+
+    from transformers import get_cosine_with_min_lr_schedule_with_warmup
+
+    from xtallm.configs.training import Progress
+    from xtallm.llm.finetune import _schedule_by_time
+
+    weight = torch.nn.Parameter(torch.zeros(2))
+    optimizer = torch.optim.AdamW([weight], lr=1e-3)
+    scheduler = get_cosine_with_min_lr_schedule_with_warmup(optimizer, num_warmup_steps=10, num_training_steps=100, min_lr_rate=0.1)
+    run = SimpleNamespace(optimizer=optimizer, scheduler=scheduler, total_steps=100, progress=Progress(step=5))
+    _schedule_by_time(run, 0.02)  # steps ahead of time: the step's LR (warm-up)
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(5e-4)
+    _schedule_by_time(run, 0.55)  # time ahead of steps: the LR of step 55, the cosine's middle
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-6)
+    _schedule_by_time(run, 1.7)  # out of time: the minimum
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)

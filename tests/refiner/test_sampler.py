@@ -12,7 +12,7 @@ import torch
 from xtallm.refiner.checkpoint import load_refiner
 from xtallm.refiner.crystal import collate, lattice_matrix
 from xtallm.refiner.data import load_arrays
-from xtallm.refiner.diffusion import SamplerOptions, refine
+from xtallm.refiner.diffusion import ChainOptions, refine
 from xtallm.refiner.lattice import expm, gram_from_k, lattice_from_gram
 from xtallm.refiner.pretrained import default_refiner_path
 from tests.conftest import REPO
@@ -40,7 +40,7 @@ def test_expm_and_cholesky_match_torch_linalg(crystals):
 
 def _chain(refiner, batch, seed: int, steps: int = 50, **options):
     g = torch.Generator(device=batch.k.device).manual_seed(seed)
-    return refine(refiner.model, batch, refiner.schedule, 0.2, SamplerOptions(steps=steps, **options), g)
+    return refine(refiner.model, batch, refiner.schedule, 0.2, ChainOptions(steps=steps, **options), g)
 
 
 def test_chain_is_seeded_and_moves_only_free_parameters(crystals):

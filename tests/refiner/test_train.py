@@ -93,3 +93,35 @@ def test_a_half_written_checkpoint_is_passed_over(tmp_path):
     a, b = _weights(straight), _weights(out)
     for key in a:
         torch.testing.assert_close(a[key], b[key])
+
+
+def _corrupted_loss(refiner_dir) -> float:
+    """Coordinate loss of a refiner on every fixture crystal, corrupted LLM-style (seeded), at the corruption's level."""
+    from xtallm.refiner.corrupt import corrupt, training_levels
+    from xtallm.refiner.data import load_arrays, make_batch
+    from xtallm.refiner.diffusion import training_loss
+
+    refiner = load_refiner(refiner_dir)
+    crystals = load_arrays(REPO / "tests" / "fixtures" / "refiner_examples.npz")[0]
+    losses = []
+    for start in range(0, len(crystals), 16):
+        batch = make_batch(crystals, range(start, min(start + 16, len(crystals))), refiner.vocab)
+        v, k, _ = corrupt(batch, 1.0, torch.Generator().manual_seed(start))
+        t = training_levels(batch, v, refiner.schedule, torch.zeros(batch.size), 0.3, 0.8)
+        torch.manual_seed(0)
+        with torch.no_grad():
+            losses.append(float(training_loss(refiner.model, batch, refiner.schedule, t, (v, k))["coord"]))
+    return sum(losses) / len(losses)
+
+
+def test_training_on_llm_like_corruptions_lowers_the_loss_on_them(tmp_path):
+    """Fine-tuning a saved refiner with train.corruption lowers its loss on corrupted crystals, keeps its vocabulary."""
+    base = tmp_path / "base"
+    train(_config(base), resume=False)
+    tuned = tmp_path / "tuned"
+    train(_config(tuned, f"train.init_from={base / 'model'}", "train.corruption=1.0", "train.max_steps=60",
+                  "train.eval_every=60", "train.lr=1e-2", "train.warmup_steps=0", "train.max_grad_norm=0", "train.ema_decay=0.5"),
+          resume=False)
+    before, after = _corrupted_loss(base / "model"), _corrupted_loss(tuned / "model")
+    assert after < 0.99 * before, (before, after)
+    assert load_refiner(tuned / "model").vocab == load_refiner(base / "model").vocab
