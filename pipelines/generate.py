@@ -71,9 +71,15 @@ def run_generate(
     if r.enabled:
         settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
         settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
-        refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out), RefineSettings(**settings)))
-        if r.redraw_invalid > 0:
-            refined["redraws"] = redraw_invalid(config, out, settings, r.redraw_invalid)
+        redraws = r.redraw_invalid > 0
+        # with redraws, the optional relaxation waits until the redrawn rows are in (it relaxes the final rows once)
+        refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out), RefineSettings(**{**settings, "relax": r.relax and not redraws})))
+        if redraws:
+            refined["redraws"] = redraw_invalid(config, out, {**settings, "relax": False}, r.redraw_invalid)
+            if r.relax:
+                from .relax_stage import run_relax_stage
+
+                refined["relax"] = run_relax_stage(out, RefineSettings(**settings))
     else:
         shutil.copyfile(out / "llm" / "samples.jsonl", out / "samples.jsonl")
     summary = {

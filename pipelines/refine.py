@@ -1,10 +1,12 @@
 """`xtallm refine`: SDEdit refinement of sampled crystals, written in the sampler's schema.
 
 Input: the sampler's samples.jsonl (the Wyckoff text, when present, gives the exact site
-assignment the model wrote) or a folder of CIF files (their declared group, else re-detected).
-Output: DIR/samples.jsonl with the refined structure in `cif`, the input in `raw_cif`, the same
-`id`, plus DIR/cif/<id>.cif. Rows that cannot be refined pass through unchanged with
-`refine_note` saying why. A re-run refines only the ids not yet in the output.
+assignment the model wrote) or a folder of CIF files. A row without a Wyckoff text that declares a
+group (its own, else --group) is symmetrized into that group first, or refused; one that declares
+none has its group detected. Output: DIR/samples.jsonl with the refined structure in `cif`, the
+input in `raw_cif`, the same `id`, plus DIR/cif/<id>.cif. Every row is re-checked after refinement
+(`valid`, `invalid_reason`). Rows that cannot be refined pass through unchanged with `refine_note`
+saying why. A re-run refines only the ids not yet in the output.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ class RefineSettings(RefineOptions):
                                      "P1 CIFs): each row is symmetrized into its declared group, or refused", metavar="GROUP")
     # optional relaxation stage (never part of the refiner's figures)
     relax: bool = option(False, "then relax each refined crystal in its group (MLFF + FixSymmetry) into DIR/relaxed/, "
-                                "never counted in the refiner's figures; slow on a CPU (~0.2-0.7 s per FIRE step, 20 atoms)")
+                                "never counted in the refiner's figures; slow on a CPU (~0.2-0.5 s per FIRE step, 20 atoms)")
     relax_mlff: str = option("sevennet", "potential of the relaxation", choices=tuple(MLFFS))
     relax_steps: int = option(200, "FIRE steps at most per crystal in the relaxation")
     relax_fmax: float = option(DEFAULT_FMAX, "force convergence of the relaxation, eV/Å")

@@ -135,6 +135,7 @@ def relaxed_sample(sample: Sample, calculator, options: RelaxOptions) -> Sample:
         info["note"] = "CIF does not parse"
     if "note" in info:
         return out
+    started = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -146,7 +147,8 @@ def relaxed_sample(sample: Sample, calculator, options: RelaxOptions) -> Sample:
         info["note"] = f"{type(exc).__name__}: {exc}"[:300]
         return out
     r = done.result
-    info.update(steps=r.steps, symprec=done.symprec, energy_per_atom_start=done.energy_per_atom_start)
+    info.update(steps=r.steps, seconds=round(time.perf_counter() - started, 2), symprec=done.symprec,
+                energy_per_atom_start=done.energy_per_atom_start)
     if r.error is not None:
         info["note"] = f"{r.error}; kept the refined crystal"
         return out
@@ -172,12 +174,17 @@ def run_relax_stage(out: str | Path, settings: "RefineSettings") -> dict[str, An
     rows = list(read_samples(out / "samples.jsonl"))
     folder = out / "relaxed"
     path = folder / "samples.jsonl"
-    used = {(row.get("relax") or {}).get("mlff") for row in read_jsonl(path)} - {None, options.mlff}
+    previous = list(read_jsonl(path))
+    used = {(row.get("relax") or {}).get("mlff") for row in previous} - {None, options.mlff}
     if used:
         raise S.MixedEnergyScalesError(f"{path} holds relaxations with {sorted(used)}; not resuming it with "
                                        f"--relax-mlff {options.mlff} (use that potential or another --out)")
+    writer = SampleWriter(path)  # locked: no other run appends while changed rows are dropped
+    redone = _drop_changed(path, previous, {r.id: r.cif for r in rows})
+    if redone:
+        writer.close()
+        writer = SampleWriter(path)
     device = options.device or S.default_device()
-    writer = SampleWriter(path)
     todo = [r for r in rows if r.id not in writer.done]
     started = last = time.perf_counter()
     pending: list[Sample] = []
@@ -220,10 +227,23 @@ def run_relax_stage(out: str | Path, settings: "RefineSettings") -> dict[str, An
         "group_kept_rate": sum(bool(i.get("group_kept")) for i in relaxed) / len(relaxed) if relaxed else None,
         "mean_energy_drop_per_atom": float(np.mean(drops)) if drops else None,
         "pass_reasons": _count(i.get("note") for i in infos if not i.get("relaxed")),
+        "redone_changed": redone,
         "note": "optional post-processing: never part of the refiner's figures",
     }
     (folder / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+def _drop_changed(path: Path, previous: list[dict[str, Any]], current: dict[str, str | None]) -> int:
+    """Forget relaxations whose input crystal is no longer the row's (e.g. `generate --redraw-invalid` replaced
+    it under the same id), so they are redone instead of kept under the wrong crystal; returns how many."""
+    keep = [row for row in previous if str(row.get("id")) not in current or row.get("raw_cif") == current[str(row["id"])]]
+    if len(keep) == len(previous):
+        return 0
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(json.dumps(row) + "\n" for row in keep))
+    tmp.replace(path)
+    return len(previous) - len(keep)
 
 
 def _write(writer: SampleWriter, rows: list[Sample], folder: Path, cifs: bool, write_files) -> None:

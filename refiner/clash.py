@@ -83,16 +83,18 @@ def periodic_images(batch: CrystalBatch, table: torch.Tensor, k: torch.Tensor | 
 
 
 def _pairs(batch: CrystalBatch, frac: torch.Tensor, lattice: torch.Tensor, table: torch.Tensor, images: torch.Tensor | None):
-    """Every atom pair over the periodic images: fractional separations f (B, N, N, M, 3), Cartesian
-    r = f L, distances d (B, N, N, M), targets d0 (B, N, N, 1) and the pair mask (B, N, N, M)."""
+    """Every atom pair over the periodic images, without a (B, N, N, M, 3) tensor: fractional and Cartesian
+    separations within the cell (B, N, N, 3), image shifts (B, M, 3) fractional and Cartesian, distances
+    d (B, N, N, M), targets d0 (B, N, N, 1) and the pair mask (B, N, N, M)."""
     images = _IMAGES.to(frac.device) if images is None else images
-    delta = frac[:, :, None, :] - frac[:, None, :, :]  # (B, N, N, 3), nearest image on periodic axes
+    delta = frac[:, :, None, :] - frac[:, None, :, :]  # nearest image on periodic axes
     delta = delta - torch.round(delta) * batch.periodic[:, None, None, :]
-    shift = images[None] * batch.periodic[:, None, :]  # (B, M, 3); a layer's z offsets vanish ...
+    shift = images[None] * batch.periodic[:, None, :]  # a layer's z offsets vanish ...
     image_ok = (images[None, :, 2] == 0) | (batch.periodic[:, None, 2] > 0)  # ... so keep z = 0 images only there
-    f = delta[:, :, :, None, :] + shift[:, None, None]
-    r = torch.einsum("bijmk,bkl->bijml", f, lattice)
-    d = torch.sqrt((r * r).sum(-1) + 1e-12)
+    delta_c = delta @ lattice[:, None]  # (B, N, N, 3)
+    shift_c = shift @ lattice  # (B, M, 3)
+    d2 = (delta_c**2).sum(-1)[..., None] + 2 * torch.einsum("bijk,bmk->bijm", delta_c, shift_c) + (shift_c**2).sum(-1)[:, None, None, :]
+    d = torch.sqrt(d2.clamp(min=0) + 1e-12)
     n = frac.shape[1]
     atoms = batch.atom_mask[:, :, None] & batch.atom_mask[:, None, :]
     own_cell = (images == 0).all(-1)  # (M,)
@@ -100,20 +102,30 @@ def _pairs(batch: CrystalBatch, frac: torch.Tensor, lattice: torch.Tensor, table
     mask = atoms[..., None] & image_ok[:, None, None, :] & not_self[None]
     z = batch.atom_z.clamp(0, table.shape[0] - 1)
     d0 = table[z[:, :, None], z[:, None, :]][..., None]
-    return f, r, d, d0, mask
+    return (delta, delta_c, shift, shift_c), d, d0, mask
 
 
 def overlap_energy(batch: CrystalBatch, site_v: torch.Tensor, k: torch.Tensor, table: torch.Tensor, images: torch.Tensor | None = None):
     """E = 1/2 sum relu(d0 - d)^2 and its pieces: (energy (B,), worst relative deficit max(1 - d/d0) (B,),
     per-atom Cartesian forces -dE/dx (B, N, 3), dE/dL (B, 3, 3), lattice stiffness (B,))."""
     lattice = lattice_matrix(batch, k)
-    f, r, d, d0, mask = _pairs(batch, expand(batch, site_v), lattice, table, images)
+    (delta, delta_c, shift, shift_c), d, d0, mask = _pairs(batch, expand(batch, site_v), lattice, table, images)
     deficit = torch.relu(d0 - d) * mask
     energy = 0.5 * (deficit**2).sum((1, 2, 3))
     worst = (deficit / d0).amax((1, 2, 3))
-    g = -(deficit / d)[..., None] * r  # dE/dr per ordered pair and image
-    forces = -2.0 * g.sum((2, 3))  # r_ij = x_i - x_j + n L appears once as (i, j, n) and once as (j, i, -n)
-    d_lattice = torch.einsum("bijmk,bijml->bkl", f, g)
+    # dE/dr = -w r per ordered pair and image, with r = delta_c + shift_c and w = deficit / d; the sums over
+    # images are taken before multiplying by r, so nothing of size (B, N, N, M, 3) is ever built
+    w = deficit / d
+    w_pairs = w.sum(-1)  # (B, N, N)
+    # r_ij = x_i - x_j + n L appears once as (i, j, n) and once as (j, i, -n): the force on i is twice its own sum
+    forces = 2.0 * (torch.einsum("bij,bijk->bik", w_pairs, delta_c) + torch.einsum("bijm,bmk->bik", w, shift_c))
+    # dE/dL_kl = sum f_k (dE/dr)_l with f = delta + shift (fractional)
+    d_lattice = -(
+        torch.einsum("bij,bijk,bijl->bkl", w_pairs, delta, delta_c)
+        + torch.einsum("bmk,bml->bkl", torch.einsum("bijm,bijk->bmk", w, delta), shift_c)
+        + torch.einsum("bmk,bml->bkl", shift, torch.einsum("bijm,bijl->bml", w, delta_c))
+        + torch.einsum("bm,bmk,bml->bkl", w.sum((1, 2)), shift, shift_c)
+    )
     # How hard the cell resists a strain: every nearby pair at its target distance, plus a floor per atom,
     # so that one short pair (whose d barely changes with the cell) never blows the cell up.
     near = mask & (d < 1.5 * d0)
@@ -149,9 +161,12 @@ def repel(batch: CrystalBatch, site_v: torch.Tensor, k: torch.Tensor, table: tor
 
 def relieve(batch: CrystalBatch, site_v: torch.Tensor, k: torch.Tensor, table: torch.Tensor, steps: int, lattice_on: float = 1.0,
             images: torch.Tensor | None = None):
-    """`steps` repulsion steps (the chain's final polish): fixed work, no early exit (graph-safe)."""
+    """Up to `steps` repulsion steps (the chain's final polish, outside any CUDA graph), stopping as soon as no
+    pair of any crystal in the batch breaks its target distance."""
     images = periodic_images(batch, table, k) if images is None else images
     for _ in range(steps):
+        if not bool((overlap_energy(batch, site_v, k, table, images)[0] > 0).any()):
+            break
         site_v, k = repel(batch, site_v, k, table, lattice_on, images=images)
     return site_v, k
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from .clash import periodic_images, relieve, repel
+from .clash import periodic_images, relieve, repel, worst_deficit
 from .crystal import CrystalBatch, expand, lattice_matrix, minimum_image, pull_back, push_forward, site_noise, wrap_sites
 from .lattice import project_k
 from .model import Denoiser
@@ -192,8 +192,9 @@ def refine(
 
     `tau` is one level for all, or one per crystal (B,): the chain runs round(max tau x steps) steps
     and each crystal descends from its own level. With `table` (refiner/clash.py: closest allowed
-    distance per pair of atomic numbers) every step ends with a symmetric repulsion of clashing
-    atoms, and `options.polish_steps` repulsion-only steps follow the chain. All noise of the chain
+    distance per pair of atomic numbers) and a batch where some crystal clashes, every step ends with a
+    symmetric repulsion of clashing atoms; up to `options.polish_steps` repulsion-only steps follow
+    the chain for every batch, until no pair breaks its target. All noise of the chain
     is drawn up front from `generator`, so the result for a seed is the same with and without a
     CUDA graph. Callers validate tau (RefineOptions.check).
     """
@@ -215,6 +216,9 @@ def refine(
     k = project_k(batch.k + start_k * k_mask * lattice_sigma0[:, None], batch.k_free, batch.k_fixed)
     table = None if table is None else table.to(device)
     images = None if table is None else periodic_images(batch, table)  # with room for the cell to shrink a little
+    polish = table
+    if table is not None and not bool((worst_deficit(batch, table) > 0).any()):
+        table = None  # no crystal of the batch clashes: the chain runs without the repulsion, the polish checks after
 
     network = _compiled(model) if options.compile else model
 
@@ -226,6 +230,6 @@ def refine(
     for i in range(n):
         v, k = step(v, k, t_all[i], coefficients[i], xi_v[i], xi_k[i])
     v, k = v.clone(), k.clone()
-    if table is not None and options.polish_steps > 0:
-        v, k = relieve(batch, v, k, table, options.polish_steps, 1.0 if options.refine_lattice else 0.0, images)
+    if polish is not None and options.polish_steps > 0:
+        v, k = relieve(batch, v, k, polish, options.polish_steps, 1.0 if options.refine_lattice else 0.0, images)
     return v * batch.site_free, k

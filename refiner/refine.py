@@ -1,8 +1,9 @@
 """Refine crystal records with a trained refiner: batched, on GPU when present, symmetry exact.
 
 Atom types, the group and the Wyckoff assignment never change; only the free coordinates
-and the free lattice parameters move. A record the refiner cannot take (too many atoms)
-comes back unchanged with the reason.
+and the free lattice parameters move. A crystal whose atoms clash (refiner/clash.py) starts its
+chain from a higher noise level and is repaired by the symmetric repulsion in every step. A record
+the refiner cannot take (too many atoms) comes back unchanged with the reason.
 """
 
 from __future__ import annotations

@@ -42,3 +42,23 @@ def test_pipeline_configs_load():
     for path in sorted((REPO / "configs" / "pipeline").glob("*.yaml")):
         config = load_generate_config(str(path))
         assert config.sample.constrained and config.refine.enabled
+
+
+def test_redraw_invalid_replaces_invalid_rows_and_keeps_the_first_draws(tmp_path):
+    """--redraw-invalid: the first draws stay in first_draws.jsonl (the protocol's figure), the final rows keep
+    their ids, and every draw is counted. The refiner's repulsion is switched off so that some rows stay invalid."""
+    out = tmp_path / "gen"
+    args = ["generate", "--num-samples", "6", "--out", str(out), "--backend", "hf", "--unconstrained", "--condition", "dim=3",
+            "--steps", "10", "--repulsion", "0", "--polish-steps", "0", "--tau-max", "0.2", "--redraw-invalid", "2",
+            "--set", "sample.max_tokens=320"]
+    assert main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())["refine"]["redraws"]
+    first = list(read_samples(out / "first_draws.jsonl"))
+    final = list(read_samples(out / "samples.jsonl"))
+    assert [r["id"] for r in first] == [r["id"] for r in final]
+    invalid_first = sum(not r.get("valid") for r in first)
+    assert summary["valid_first_draw"] == len(first) - invalid_first
+    assert summary["valid_with_redraws"] == sum(bool(r.get("valid")) for r in final) >= summary["valid_first_draw"]
+    assert len(first) <= summary["draws"] <= len(first) + 2 * invalid_first
+    for a, b in zip(first, final):
+        assert a == b or (not a.get("valid") and b["valid"] and b["redraw_round"] in (1, 2) and b["draws"] > 1)

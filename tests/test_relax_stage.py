@@ -143,3 +143,10 @@ def test_refine_runs_the_stage_at_its_end(tmp_path):
     assert summary["relax"]["relaxed"] == 1 and summary["relax"]["max_steps"] == 2
     assert (tmp_path / "samples.jsonl").read_text() == text  # the refined rows are never rewritten
     assert _relaxed(tmp_path)["nacl"].extra["relax"]["steps"] == 2
+    # the refined crystal of an id changes (generate --redraw-invalid): its stale relaxation is redone, not kept
+    changed = [_row("nacl", _nacl(5.95), 3, 225)]
+    (tmp_path / "samples.jsonl").write_text(json.dumps(changed[0]) + "\n")
+    again = run_relax_stage(tmp_path, RefineSettings(relax=True, relax_steps=1, device="cpu"))
+    assert again["redone_changed"] == 1 and again["relaxed_now"] == 1 and again["samples"] == 1
+    rows = list(read_samples(tmp_path / "relaxed" / "samples.jsonl"))
+    assert len(rows) == 1 and rows[0].raw_cif == changed[0]["cif"] and rows[0].extra["relax"]["steps"] == 1
