@@ -162,6 +162,12 @@ def score(args) -> None:
         print("energy", json.dumps(result["energy_uncond"]), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
     path = RESULTS / f"refiner_repair_{args.name}.json"
+    if path.exists():  # sets scored by an earlier call are kept (each set's own figures and command)
+        earlier = json.loads(path.read_text())
+        for name, figures in earlier.get("sets", {}).items():
+            result["sets"].setdefault(name, {**figures, "command": earlier.get("command")})
+        if "energy_uncond" in earlier and "energy_uncond" not in result:
+            result["energy_uncond"] = earlier["energy_uncond"]
     path.write_text(json.dumps(result, indent=1))
     print("->", path)
 
