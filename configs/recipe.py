@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import re
 import types
 import typing
 from importlib import resources
@@ -19,6 +20,22 @@ from pathlib import Path
 from typing import Any, Union
 
 import yaml
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML 1.2 booleans: only true/false. PyYAML (YAML 1.1) also reads yes/no/on/off as booleans, so
+    `mixed_precision: no` would arrive as False and be refused as "not a string"."""
+
+
+_Loader.yaml_implicit_resolvers = {
+    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
+    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+}
+_Loader.add_implicit_resolver("tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF"))
+
+
+def _load_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
 
 class RecipeError(ValueError):
@@ -148,7 +165,7 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     if not path.is_file():
         raise FileNotFoundError(f"recipe {path}: no such file")
     try:
-        tree = yaml.safe_load(path.read_text()) or {}
+        tree = _load_yaml(path.read_text()) or {}
     except yaml.YAMLError as exc:
         raise RecipeError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
     if not isinstance(tree, dict):
@@ -164,7 +181,7 @@ def load_recipe(cls: type, path: str | Path | None, overrides: list[str] | None 
         if not sep or not key.strip():
             raise RecipeError(f"override {item!r}: expected section.key=value")
         try:
-            value = yaml.safe_load(raw)
+            value = _load_yaml(raw)
         except yaml.YAMLError:
             value = raw
         _set_dotted(tree, key.strip(), value)

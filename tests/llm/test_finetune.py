@@ -206,3 +206,13 @@ def test_schedule_by_time_follows_the_time_budget():
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4 + 0.9e-3 * 0.5, rel=1e-6)
     _schedule_by_time(run, 1.7)  # out of time: the minimum
     assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-4)
+
+
+def test_recipes_with_different_precisions_in_one_process(tmp_path):
+    """A notebook (or this test session) trains a bf16 recipe after a full-precision one: accelerate keeps
+    the first recipe's state per process and used to refuse the second."""
+    common = ["train.max_steps=2", "train.sample_every=0", "train.eval_every=2", "train.save_every=1000"]
+    first = train(tiny(tmp_path / "a", *common, "train.mixed_precision=no"))
+    second = train(tiny(tmp_path / "b", *common, "train.mixed_precision=bf16"))
+    assert first["steps"] == second["steps"] == 2
+    assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 2
