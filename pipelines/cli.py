@@ -163,8 +163,10 @@ def _generate_parser(sub) -> None:
     add_flags(g.add_argument_group("sample stage (any `xtallm sample` flag)"), SampleOptions, "sample_", defaults=defaults.sample)
     g.add_argument("--unconstrained", dest="sample_constrained", action="store_false", default=None, help="= --no-constrained")
     shared = {"batch_size", "max_atoms", "seed", "vacuum"}  # also sample settings: the refine stage's take a prefix
-    add_flags(g.add_argument_group("refine stage (any `xtallm refine` flag)"), RefineStage, "refine_", defaults=defaults.refine,
-              rename={**{k: f"refine_{k}" for k in shared}, "enabled": "refine"})
+    # --group is for input files that declare none; every generated row declares its own group, and the flag
+    # read like a request for a group (that is `--condition sg=62`)
+    add_flags(g.add_argument_group("refine stage (any `xtallm refine` flag but --group)"), RefineStage, "refine_",
+              defaults=defaults.refine, rename={**{k: f"refine_{k}" for k in shared}, "enabled": "refine"}, skip=("group",))
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -62,6 +62,8 @@ class RefineSettings(RefineOptions):
         from .relax_stage import relax_options
 
         relax_options(self)  # `xtallm relax`'s rules, named by this command's flags
+        if self.group is not None:
+            _declared_group(self.group)  # a bad --group is refused before the refiner loads
 
 
 @dataclass

@@ -46,7 +46,6 @@ if TYPE_CHECKING:
 SYMPRECS = (1e-3, 0.01, 0.05, 0.1)
 CHECK_SYMPREC = 0.01  # the refiner's own group check (`detected_group`)
 WRITE_EVERY = (4, 10.0)  # append every 4 crystals or 10 s, whichever comes first (a killed run loses at most that)
-LAYER_MASK = [True, True, False, False, False, True]  # Voigt xx yy zz yz xz xy: in-plane cell only
 
 
 def relax_options(settings: "RefineSettings") -> RelaxOptions:
@@ -80,8 +79,6 @@ def relax_in_group(structure: Structure, group: GroupId, calculator, steps: int,
     """Symmetrize into `group`, relax under FixSymmetry, re-detect the group. Raises NotInGroupError when
     the crystal is not in its group at any tolerance of SYMPRECS (there would be nothing exact to keep)."""
     from ase.constraints import FixSymmetry
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
     from ase.spacegroup.symmetrize import refine_symmetry
     from pymatgen.io.ase import AseAtomsAdaptor
 
@@ -102,14 +99,12 @@ def relax_in_group(structure: Structure, group: GroupId, calculator, steps: int,
     start = float(atoms.get_potential_energy()) / len(atoms)  # cached: FIRE's first step reuses it
     atoms.set_constraint(FixSymmetry(atoms, symprec=symprec))
     volume0 = atoms.get_volume()
-    optimizer = FIRE(FrechetCellFilter(atoms, mask=LAYER_MASK if dim == 2 else None), logfile=None)
-    converged = bool(optimizer.run(fmax=fmax, steps=steps))
+    converged, done = S.fire(atoms, steps, fmax, dim)
     energy = float(atoms.get_potential_energy())
     atoms.set_constraint()
     atoms.pbc = True
-    relaxed = AseAtomsAdaptor.get_structure(atoms)
-    relaxed = Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)  # without the calculator pymatgen attaches
-    result = S.checked_relaxation(energy, relaxed, volume0, int(optimizer.nsteps), converged)
+    relaxed = S.atoms_structure(atoms)
+    result = S.checked_relaxation(energy, relaxed, volume0, done, converged)
     after = None
     if result.structure is not None:
         after, pair = closest_pair(relaxed)

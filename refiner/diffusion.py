@@ -187,6 +187,7 @@ def refine(
     options: ChainOptions,
     generator: torch.Generator | None = None,
     table: torch.Tensor | None = None,
+    clashes: bool | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Noise the batch's state to t0 = tau and denoise it: (free parameters (B, S, 3), k (B, 6)).
 
@@ -217,7 +218,9 @@ def refine(
     table = None if table is None else table.to(device)
     images = None if table is None else periodic_images(batch, table)  # with room for the cell to shrink a little
     polish = table
-    if table is not None and not bool((worst_deficit(batch, table) > 0).any()):
+    if clashes is None and table is not None:  # `clashes`: whether some crystal breaks its rule, when the caller knows
+        clashes = bool((worst_deficit(batch, table) > 0).any())
+    if not clashes:
         table = None  # no crystal of the batch clashes: the chain runs without the repulsion, the polish checks after
 
     network = _compiled(model) if options.compile else model

@@ -97,7 +97,9 @@ def refine_records(refiner: Refiner, records: list, options: RefineOptions, prog
         else:
             todo.append(i)
     arrays = {i: record_to_arrays(records[i]) for i in todo}
-    levels = _start_levels(arrays, refiner.vocab, options, device)
+    measure = table is not None or options.tau_max > options.tau
+    deficits = _worst_deficits(arrays, refiner.vocab, options.batch_size, device) if measure else {i: 0.0 for i in todo}
+    levels = dict(zip(todo, options.start_levels(torch.tensor([deficits[i] for i in todo])).tolist()))
     # plausible crystals (start at tau) and clashing ones (start higher: more steps) in separate batches,
     # similar sizes together: little padding, and the plausible majority runs only round(tau x steps) steps
     todo.sort(key=lambda i: (levels[i] > options.tau, records[i].n_atoms))
@@ -107,7 +109,8 @@ def refine_records(refiner: Refiner, records: list, options: RefineOptions, prog
         batch = collate([arrays[i] for i in chunk], refiner.vocab).to(device)
         generator = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + b)
         tau = torch.tensor([levels[i] for i in chunk], dtype=torch.float64)
-        site_v, k = refine(refiner.model, batch, refiner.schedule, tau, options.chain(device), generator, table)
+        site_v, k = refine(refiner.model, batch, refiner.schedule, tau, options.chain(device), generator, table,
+                           clashes=any(deficits[i] > 0 for i in chunk) if measure else None)
         site_v, k = site_v.double().cpu().numpy(), k.double().cpu().numpy()
         for j, i in enumerate(chunk):
             n_sites = len(records[i].sites)
@@ -118,15 +121,13 @@ def refine_records(refiner: Refiner, records: list, options: RefineOptions, prog
     return results
 
 
-def _start_levels(arrays: dict, vocab: dict[str, int], options: RefineOptions, device: torch.device) -> dict[int, float]:
-    """Each crystal's starting level (RefineOptions.start_levels of its worst distance deficit)."""
-    if options.tau_max <= options.tau:
-        return {i: options.tau for i in arrays}
+def _worst_deficits(arrays: dict, vocab: dict[str, int], batch_size: int, device: torch.device) -> dict[int, float]:
+    """Each crystal's worst distance deficit (1 - d/d0 of the pair furthest below its rule; 0 when plausible),
+    measured once: it sets the starting level and whether the chain needs the repulsion."""
     table = repulsion_table(device=device)
     order = sorted(arrays, key=lambda i: arrays[i].n_atoms)
-    levels: dict[int, float] = {}
-    for chunk in size_batches([arrays[i].n_atoms for i in order], options.batch_size):
+    deficits: dict[int, float] = {}
+    for chunk in size_batches([arrays[i].n_atoms for i in order], batch_size):
         ids = [order[j] for j in chunk]
-        deficit = worst_deficit(collate([arrays[i] for i in ids], vocab).to(device), table)
-        levels.update(zip(ids, options.start_levels(deficit).tolist()))
-    return levels
+        deficits.update(zip(ids, worst_deficit(collate([arrays[i] for i in ids], vocab).to(device), table).double().cpu().tolist()))
+    return deficits

@@ -118,6 +118,9 @@ CLI_CASES = [
     (["refine", "{good}", "--out", "{tmp}/r", "--checkpoint", "{folder}"], "not a refiner checkpoint"),
     (["refine", "{good}", "--out", "{tmp}/r", "--checkpoint", "{folder}/none"], "none"),
     (["refine", "{good}", "--out", "{a_file}"], "a_file"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--group", "sg 231"], "--group 'sg 231'"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--group", "lg 81"], "--group 'lg 81'"),
+    (["refine", "{good}", "--out", "{tmp}/r", "--group", "Pnma"], "--group 'Pnma'"),
     # evaluate
     (["evaluate", "{folder}/none.jsonl", "--reference", "{ref}", "--out", "{tmp}/e"], "no such samples file"),
     (["evaluate", "{good}", "--reference", "{folder}/none.csv", "--out", "{tmp}/e"], "no such reference table"),

@@ -253,23 +253,31 @@ class CrystalRecord:
                 error = error or exc
         else:
             raise error  # type: ignore[misc]
-        if dim == 2:
-            lattice, frac = _center_layer(lattice, frac, table)
-        tol = max(2 * tolerance, 1e-3)
-        sites = _assign_sites(table, lattice, frac, numbers, orbits, letters, tol)
-        if sites is None:
+        record = record_from_standard_cell(table, lattice, frac, numbers, orbits, letters, tolerance)
+        if record is None:
             raise EncodeError(f"could not match the orbits to the Wyckoff positions of {table.kind} {table.number} ({table.symbol})")
-        if dim == 2:
-            c = float(np.linalg.norm(lattice[2]))
-            sites = [_z_to_angstrom(s, table, c) for s in sites]
-        a, b, c, alpha, beta, gamma = _lattice_parameters(lattice)
-        full = {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma}
-        free = {name: float(full[name]) for name in table.lattice_params}
-        sites.sort(key=lambda s: (-table.wyckoff(s.wyckoff).index, Element(s.element).Z, s.params))
-        return cls(dim, table.number, free, sites)
+        return record
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def record_from_standard_cell(table: GroupTable, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray,
+                              orbits: np.ndarray, letters: list[str], tolerance: float) -> CrystalRecord | None:
+    """The record of a conventional cell already in `table`'s standard setting, given each atom's orbit (and
+    Wyckoff letter where known, else ""); None when the orbits do not match the group's Wyckoff positions.
+    Shared by the group search (from_structure) and the projection onto a declared group (symmetrize)."""
+    if table.dim == 2:
+        lattice, frac = _center_layer(lattice, frac, table)
+    sites = _assign_sites(table, lattice, frac, numbers, orbits, letters, max(2 * tolerance, 1e-3))
+    if sites is None:
+        return None
+    a, b, c, alpha, beta, gamma = _lattice_parameters(lattice)
+    full = {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma}
+    if table.dim == 2:
+        sites = [_z_to_angstrom(s, table, c) for s in sites]
+    sites.sort(key=lambda s: (-table.wyckoff(s.wyckoff).index, Element(s.element).Z, s.params))
+    return CrystalRecord(table.dim, table.number, {name: float(full[name]) for name in table.lattice_params}, sites)
 
 
 def _standardize(structure: Structure, dim: int, symprec: float, angle_tolerance: float | None):

@@ -22,21 +22,19 @@ from functools import lru_cache
 
 import moyopy
 import numpy as np
-from pymatgen.core import Element, Lattice, Structure
+from pymatgen.core import Lattice, Structure
 
 from .errors import EncodeError, XtallmError
 from .record import (
     _ORIGIN_SHIFTS,
     CrystalRecord,
     _area_or_volume,
-    _assign_sites,
-    _center_layer,
     _lattice_parameters,
     _reraise_interrupts,
-    _z_to_angstrom,
     check_structure,
     detect_group,
     layer_cell,
+    record_from_standard_cell,
 )
 from .symmetry import GroupId, GroupTable, get_group
 
@@ -573,19 +571,12 @@ def _permutations(ops: np.ndarray, frac: np.ndarray, numbers: np.ndarray, lattic
 
 def _record_from_cell(table: GroupTable, lattice: np.ndarray, frac: np.ndarray, numbers: np.ndarray, orbits: np.ndarray,
                       tolerance: float) -> CrystalRecord | None:
-    """The record of a conventional cell in the standard setting of `table`'s group, given each atom's orbit."""
-    if table.dim == 2:
-        lattice, frac = _center_layer(lattice, frac, table)
-    sites = _assign_sites(table, lattice, frac, numbers, orbits, [""] * len(numbers), max(2 * tolerance, 1e-3))
-    if sites is None:
+    """The record of a conventional cell in the standard setting of `table`'s group, given each atom's orbit,
+    when the cell has the family's shape (a hexagonal cell with gamma 60 is not the standard one)."""
+    record = record_from_standard_cell(table, lattice, frac, numbers, orbits, [""] * len(numbers), tolerance)
+    if record is None:
         return None
-    a, b, c, alpha, beta, gamma = _lattice_parameters(lattice)
-    full = {"a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma}
-    if table.dim == 2:
-        sites = [_z_to_angstrom(s, table, c) for s in sites]
-    sites.sort(key=lambda s: (-table.wyckoff(s.wyckoff).index, Element(s.element).Z, s.params))
-    record = CrystalRecord(table.dim, table.number, {n: float(full[n]) for n in table.lattice_params}, sites)
-    # the cell must have the family's shape (a hexagonal cell with gamma 60 is not the standard one)
-    if not np.allclose(record.full_lattice_parameters(c), [a, b, c, alpha, beta, gamma], rtol=1e-3, atol=1e-2):
+    c = float(np.linalg.norm(lattice[2]))
+    if not np.allclose(record.full_lattice_parameters(c), _lattice_parameters(lattice), rtol=1e-3, atol=1e-2):
         return None
     return record

@@ -104,30 +104,42 @@ def relax(structure: Structure, calculator, steps: int = MAX_STEPS, fmax: float 
     vacuum stays. A relaxation that ends with non-finite energy, atoms closer than 0.5 Å or a cell
     that grew/shrank more than 5x counts as exploded.
     """
-    from ase.filters import FrechetCellFilter
-    from ase.optimize import FIRE
     from pymatgen.io.ase import AseAtomsAdaptor
 
     try:
         atoms = AseAtomsAdaptor.get_atoms(structure)
         atoms.calc = calculator
         volume0 = atoms.get_volume()
-        done = 0
-        converged = True
-        if steps > 0:
-            mask = [True, True, False, False, False, True] if dim == 2 else None
-            target = FrechetCellFilter(atoms, mask=mask)
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                opt = FIRE(target, logfile=None)
-                converged = bool(opt.run(fmax=fmax, steps=steps))
-            done = int(opt.nsteps)
+        converged, done = fire(atoms, steps, fmax, dim) if steps > 0 else (True, 0)
         energy = float(atoms.get_potential_energy())
-        relaxed = AseAtomsAdaptor.get_structure(atoms)
-        relaxed = Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)  # without the calculator pymatgen attaches
+        relaxed = atoms_structure(atoms)
     except Exception as exc:  # a crystal the potential cannot handle must not stop the batch
         return Relaxation(error=f"{type(exc).__name__}: {exc}"[:300])
     return checked_relaxation(energy, relaxed, volume0, done, converged)
+
+
+LAYER_MASK = [True, True, False, False, False, True]  # Voigt xx yy zz yz xz xy: a monolayer's in-plane cell only
+
+
+def fire(atoms, steps: int, fmax: float, dim: int = 3) -> tuple[bool, int]:
+    """FIRE + FrechetCellFilter on `atoms` in place: (converged, steps taken). A monolayer (dim=2) keeps its
+    out-of-plane cell vector, so the vacuum stays."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import FIRE
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimizer = FIRE(FrechetCellFilter(atoms, mask=LAYER_MASK if dim == 2 else None), logfile=None)
+        converged = bool(optimizer.run(fmax=fmax, steps=steps))
+    return converged, int(optimizer.nsteps)
+
+
+def atoms_structure(atoms) -> Structure:
+    """A pymatgen Structure of ASE atoms, without the calculator pymatgen would attach."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    relaxed = AseAtomsAdaptor.get_structure(atoms)
+    return Structure(relaxed.lattice, relaxed.species, relaxed.frac_coords)
 
 
 def checked_relaxation(energy: float, relaxed: Structure, volume0: float, steps: int, converged: bool) -> Relaxation:
