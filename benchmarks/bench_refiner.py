@@ -2,6 +2,7 @@
 
     python benchmarks/bench_refiner.py prepare --out .devdata/refiner/heldout.npz      # held-out splits -> arrays (+ records)
     python benchmarks/bench_refiner.py run --checkpoint C --heldout H --out R.npz    # degrade + refine per tau, speed (torch only: GPU box)
+    python benchmarks/bench_refiner.py run ... --repair --skip-speed                 # the chain as `xtallm refine` runs it (repairs)
     python benchmarks/bench_refiner.py score --heldout H --refined R.npz             # StructureMatcher / RMSD / MLFF energy (CPU)
 
 Degradation imitates LLM output: free coordinates rounded to 2 decimals (layer z: 0.01 Å),
@@ -27,7 +28,9 @@ import torch
 from xtallm.refiner.checkpoint import load_refiner
 from xtallm.refiner.crystal import collate, lattice_matrix, site_noise, wrap_sites
 from xtallm.refiner.data import load_arrays_with_records
+from xtallm.refiner.clash import repulsion_table, worst_deficit
 from xtallm.refiner.diffusion import ChainOptions, refine
+from xtallm.refiner.refine import RefineOptions
 from xtallm.refiner.lattice import project_k
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,6 +72,8 @@ def run(args) -> None:
     crystals, ids, _ = load_arrays_with_records(args.heldout)
     if not args.skip_quality:
         refine_heldout(refiner, crystals, device, args)
+    if args.skip_speed:
+        return
     speed = measure_speed(refiner, crystals, device, args)
     result = {"device": _device_name(device), "steps": args.steps, "speed": speed, "n": len(crystals), "date": time.strftime("%Y-%m-%d")}
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -91,8 +96,16 @@ def refine_heldout(refiner, crystals, device, args) -> None:
         noisy = batch.replace(site_v=v, k=k)
         for tau in args.taus:
             g = torch.Generator(device=device).manual_seed(start)
-            options = ChainOptions(steps=args.steps, corrector_steps=args.corrector_steps, bf16=device.type == "cuda", ode=args.ode)
-            rv, rk = refine(refiner.model, noisy, refiner.schedule, tau, options, g)
+            if args.repair:  # as `xtallm refine` runs: per-crystal start levels, repulsion in the chain, polish
+                shipped = RefineOptions(tau=tau, steps=args.steps, corrector_steps=args.corrector_steps)
+                shipped.check()
+                options, table = shipped.chain(device), repulsion_table(device=device)
+                deficit = worst_deficit(noisy, table)
+                levels = shipped.start_levels(deficit)
+                rv, rk = refine(refiner.model, noisy, refiner.schedule, levels, options, g, table, clashes=bool((deficit > 0).any()))
+            else:
+                options = ChainOptions(steps=args.steps, corrector_steps=args.corrector_steps, bf16=device.type == "cuda", ode=args.ode)
+                rv, rk = refine(refiner.model, noisy, refiner.schedule, tau, options, g)
             states[f"tau{tau}_v"].append(_pad(rv, n_sites))
             states[f"tau{tau}_k"].append(rk.cpu().numpy())
     out = {key: np.concatenate(value) for key, value in states.items()}
@@ -310,6 +323,8 @@ def main() -> None:
     r.add_argument("--steps", type=int, default=200)
     r.add_argument("--corrector-steps", type=int, default=1)
     r.add_argument("--ode", action="store_true", help="probability-flow sampler")
+    r.add_argument("--repair", action="store_true", help="the refiner as `xtallm refine` runs it (RefineOptions defaults: "
+                   "start levels from the distance deficit up to tau_max, repulsion, polish) instead of the bare chain")
     r.add_argument("--noise", type=float, default=0.1, help="Å")
     r.add_argument("--lattice-noise", type=float, default=0.01, help="k units (~relative length change)")
     r.add_argument("--batch-size", type=int, default=512)
@@ -320,6 +335,7 @@ def main() -> None:
     r.add_argument("--speed-compile", type=int, nargs="+", default=[0], help="1: torch.compile the network")
     r.add_argument("--repeats", type=int, default=2)
     r.add_argument("--skip-quality", action="store_true")
+    r.add_argument("--skip-speed", action="store_true")
     r.add_argument("--device", default=None)
     w = sub.add_parser("sweep")
     w.add_argument("--checkpoint", required=True)

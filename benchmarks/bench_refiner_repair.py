@@ -5,7 +5,7 @@
     python benchmarks/bench_refiner_repair.py score  --work runs/repair --name rep [--energy 300]
     python benchmarks/bench_refiner_repair.py diagnose --work runs/repair                # what goes wrong in the LLM's samples
 
-Sets (the default model, grammar-constrained, no redraws: the LLM as it is):
+Sets (the default model unless --model/--adapter, grammar-constrained, no redraws: the LLM as it is):
 - `uncond`: 1,000 samples of `dim=3`;
 - `sg`, `elements`, `formula`: 200 prompts each from the held-out split mp20-heldout-v1 (configs/data),
   one sample per prompt;
@@ -46,14 +46,14 @@ def sample(args) -> None:
     work.mkdir(parents=True, exist_ok=True)
     prompts = bulk_prompts(args.prompts, args.seed)
     layer_sets = [validate_conditions({"dim": 2, "lg": 1 + i % 80}) for i in range(args.layers)]
-    model = str(default_model_path())
+    model = args.model or str(default_model_path())
     jobs = {
         "uncond": dict(num_samples=args.uncond, conditions={"dim": 3}),
         **{key: dict(num_samples=1, conditions_file=str(write_conditions(work / f"{key}.csv", prompts[key]))) for key in ("sg", "elements", "formula")},
         "lg": dict(num_samples=1, conditions_file=str(write_conditions(work / "lg.csv", layer_sets))),
     }
     for name in args.sets:
-        adapter = str(default_adapter_path()) if name == "lg" else None
+        adapter = args.adapter or (str(default_adapter_path()) if name == "lg" and not args.model else None)
         options = SampleOptions(model=model, adapter=adapter, constrained=True, redraws=0, seed=args.seed)
         t = time.perf_counter()
         summary = run_sample(SampleJob(str(work / name), options=options, **jobs[name]))
@@ -236,6 +236,8 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=500)
     parser.add_argument("--seed", type=int, default=25)
     parser.add_argument("--energy", type=int, default=0, help="score: single-point energies of this many uncond pairs")
+    parser.add_argument("--model", default=None, help="sample: another LM (default: the embedded 11M; `lg` then uses its adapter)")
+    parser.add_argument("--adapter", default=None, help="sample: a LoRA adapter for --model, on every set")
     args, extra = parser.parse_known_args()
     if args.what == "sample":
         sample(args)

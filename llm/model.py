@@ -157,6 +157,8 @@ def read_xtallm_config(path: str | Path) -> dict:
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = "xtallm-crystal-11m"
 DEFAULT_ADAPTERS = {"layer_group": "xtallm-crystal-11m-lg-lora"}
+# Shipped adapters of other bases, loadable by name (`--adapter smollm2-135m-crystal-lora` with `--model smollm2`)
+SHIPPED_ADAPTERS = (*DEFAULT_ADAPTERS.values(), "smollm2-135m-crystal-lora")
 
 
 def default_model_path() -> Path:
@@ -181,7 +183,7 @@ def local_model(name: str) -> str | None:
     """The folder `name` means here: a shipped model or adapter by its name, a GGUF model (a .gguf
     file, a folder holding one, or a short name like `smollm2`: converted once into the cache folder,
     see llm/gguf.py), or an existing folder; None otherwise."""
-    if name in (DEFAULT_MODEL, *DEFAULT_ADAPTERS.values()) and (PRETRAINED_DIR / name).is_dir():
+    if name in (DEFAULT_MODEL, *SHIPPED_ADAPTERS) and (PRETRAINED_DIR / name).is_dir():
         return str(PRETRAINED_DIR / name)
     from .gguf import convert_gguf, find_gguf
 

@@ -83,6 +83,19 @@ def test_lora_adapter_save_load_and_merge(base_model, tmp_path):
     merged = AutoModelForCausalLM.from_pretrained(merge(adapter_dir, tmp_path / "merged"))
     assert torch.allclose(_logits(merged, ids), adapted_logits, atol=1e-5)
 
+    # shipped as a release: bf16 weights, the run's card; loads and gives (nearly) the same logits
+    from safetensors.torch import load_file
+
+    from xtallm.pipelines.release import ship_adapter
+
+    shipped = ship_adapter(adapter_dir, "shipped-lora", tmp_path / "pretrained", hardware="2 CPU cores")
+    assert {t.dtype for t in load_file(str(shipped / "adapter_model.safetensors")).values()} == {torch.bfloat16}
+    assert "## Training run" in (shipped / "README.md").read_text() and "8 optimizer steps" in (shipped / "README.md").read_text()
+    assert (shipped / "loss_curve.csv").exists()
+    released = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir), shipped)
+    assert torch.allclose(_logits(released, ids), adapted_logits, atol=5e-2)
+    assert not torch.allclose(_logits(released, ids), base_logits, atol=1e-4)
+
 
 def test_qlora_on_cpu(base_model, tmp_path):
     pytest.importorskip("bitsandbytes")
