@@ -54,8 +54,9 @@ def write_conditions(path: Path, sets: list[dict]) -> Path:
     return path
 
 
-def score(samples: Path, key: str) -> dict:
-    """Rates over all samples, parsed ones and valid ones (structurally + compositionally)."""
+def score(samples: Path, key: str, prompts: int | None = None) -> dict:
+    """Rates over all samples, parsed ones and valid ones (structurally + compositionally); with `prompts`, only
+    the samples of the first N prompts (ids `p<prompt>-<k>`)."""
     from xtallm.pipelines.evaluation import metrics as M
     from xtallm.pipelines.evaluation.context import parse as _parse
     from xtallm.pipelines.samples import read_jsonl as read_samples
@@ -65,6 +66,8 @@ def score(samples: Path, key: str) -> dict:
     honoured = defaultdict(lambda: [0, 0, 0])  # all, of parsed, of valid
     draws = 0
     for row in read_samples(samples):
+        if prompts is not None and int(row["id"].split("-")[0].lstrip("p")) >= prompts:
+            continue
         n += 1
         draws += row.get("draws", 1)
         s = _parse(row["cif"]) if row["ok"] else None

@@ -38,6 +38,17 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def fresh_accelerator(**kwargs):
+    """An Accelerator for this recipe's settings. accelerate keeps one state per process and refuses a second
+    recipe with another precision (a notebook, a test session): that state is reset first; the process group
+    (PartialState) is kept."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=False)
+    return Accelerator(**kwargs)
+
+
 def mixed_precision(setting: str, allow_fp16: bool = True) -> str:
     """`auto` -> bf16 on GPUs that have it, fp16 on older GPUs (if allowed), none on CPU."""
     if setting != "auto":

@@ -22,12 +22,11 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.state import AcceleratorState
 from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, mixed_precision, run_entry_point
+from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, fresh_accelerator, mixed_precision, run_entry_point
 from xtallm.llm.card import write_model_card
 from xtallm.llm.config import FinetuneConfig, load_config
 from xtallm.llm.data import PackedExamples, build_examples, collate
@@ -160,10 +159,7 @@ def setup(config: FinetuneConfig) -> Run:
     tc = config.train
     output_dir = Path(tc.output_dir)
     trackers = [t for t in tc.report_to if t != "wandb" or _has("wandb")]
-    # A second recipe in the same process (a notebook, a test session) may ask for another precision; accelerate
-    # keeps the first one's state per process and refuses. The process group (PartialState) is kept.
-    AcceleratorState._reset_state(reset_partial_state=False)
-    accelerator = Accelerator(
+    accelerator = fresh_accelerator(
         cpu=not torch.cuda.is_available(),  # several CPU processes then talk over gloo
         mixed_precision=mixed_precision(tc.mixed_precision),
         gradient_accumulation_steps=tc.grad_accum,

@@ -26,7 +26,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
-from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, mixed_precision, run_entry_point
+from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, fresh_accelerator, mixed_precision, run_entry_point
 from xtallm.refiner.checkpoint import load_refiner, save_refiner
 from xtallm.refiner.config import RefinerConfig, load_refiner_config
 from xtallm.refiner.corrupt import corrupt, training_levels
@@ -111,7 +111,7 @@ def setup(config: RefinerConfig) -> Run:
     import importlib.util
 
     tc = config.train
-    accelerator = Accelerator(mixed_precision=mixed_precision(tc.mixed_precision, allow_fp16=False), cpu=not torch.cuda.is_available(),
+    accelerator = fresh_accelerator(mixed_precision=mixed_precision(tc.mixed_precision, allow_fp16=False), cpu=not torch.cuda.is_available(),
                               log_with="tensorboard" if importlib.util.find_spec("tensorboard") else None, project_dir=tc.output_dir)
     set_seed(tc.seed)
     crystals, _ = load_training_arrays(config)

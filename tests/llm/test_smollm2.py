@@ -177,3 +177,32 @@ def test_vllm_constrained_sampling_with_the_adapter(adapter, tmp_path):
     from xtallm.pipelines.samples import read_cif
 
     assert {read_cif(r["cif"]).composition.reduced_formula for r in rows} == {"NaCl"}
+
+
+def test_the_shipped_adapter_loads_by_name_and_knows_crystals(converted):
+    """`--adapter smollm2-135m-crystal-lora` (configs/pipeline/smollm2.yaml): the released bf16 adapter makes real
+    crystal text (the repository's example crystals, as the data pipeline writes it) far likelier than the base does."""
+    import pandas as pd
+    from peft import PeftModel
+    from pymatgen.core import Structure
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from xtallm.llm.data import encode_example, prompt_text
+    from xtallm.llm.model import resolve_adapter
+    from xtallm.tokenization import encode
+
+    path = Path(resolve_adapter("smollm2-135m-crystal-lora"))
+    assert json.loads((path / "adapter_config.json").read_text())["base_model_name_or_path"] == "smollm2"
+    tok = AutoTokenizer.from_pretrained(path)
+    texts = [encode(Structure.from_str(cif, fmt="cif")) for cif in pd.read_csv(EXAMPLES)["cif"][:4]]
+    examples = [encode_example(tok, prompt_text({"dim": 3}), text) for text in texts]
+
+    def mean_loss(model) -> float:
+        with torch.no_grad():
+            return sum(float(model(input_ids=torch.tensor([e["input_ids"]]), labels=torch.tensor([e["labels"]])).loss)
+                       for e in examples) / len(examples)
+
+    base = AutoModelForCausalLM.from_pretrained(converted[0])
+    before = mean_loss(base)
+    after = mean_loss(PeftModel.from_pretrained(base, str(path)))
+    assert after < 0.6 * before, (before, after)
