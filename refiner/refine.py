@@ -13,6 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 import torch
+from pymatgen.core import Element
 from tqdm.auto import tqdm
 
 from xtallm.configs.recipe import option
@@ -91,9 +92,13 @@ def refine_records(refiner: Refiner, records: list, options: RefineOptions, prog
     table = repulsion_table(device=device) if options.repulsion > 0 or options.polish_steps > 0 else None
     results: list[Refined] = [Refined(r, None, None) for r in records]
     todo = []
+    max_z = refiner.model.config.max_z
     for i, record in enumerate(records):
+        heaviest = max((Element(s.element) for s in record.sites), key=lambda e: e.Z, default=None)
         if record.n_atoms > options.max_atoms:
             results[i] = Refined(record, f"{record.n_atoms} atoms in the conventional cell > max_atoms={options.max_atoms}", None)
+        elif heaviest is not None and heaviest.Z > max_z:  # a pretrained LM's grammar allows every element symbol
+            results[i] = Refined(record, f"element {heaviest.symbol} (Z={heaviest.Z}) is beyond the refiner's elements (Z <= {max_z})", None)
         else:
             todo.append(i)
     arrays = {i: record_to_arrays(records[i]) for i in todo}

@@ -89,6 +89,20 @@ def test_unusable_rows_pass_through_and_a_rerun_resumes(real_samples, tmp_path):
     assert any(n and "max_atoms=1" in n for n in notes)
 
 
+def test_an_element_beyond_the_refiner_is_refused_for_its_row_alone(real_samples, tmp_path):
+    """A pretrained LM's grammar allows every element symbol (SmolLM2 wrote Md, No, Es): the refiner's element
+    table ends at Z=100, and one such row used to end the whole batch with an IndexError."""
+    _, rows = real_samples
+    nacl = Structure.from_spacegroup("Fm-3m", [[5.6, 0, 0], [0, 5.6, 0], [0, 0, 5.6]], ["Md", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    heavy = {**decode_sample("heavy", get_format("wyckoff").encode(nacl)).to_json(), "prompt": "", "conditions": {}}
+    path = tmp_path / "samples.jsonl"
+    _write(path, [rows[0], heavy, rows[1]])
+    assert main(["refine", str(path), "--out", str(tmp_path / "out"), "--steps", "10"]) == 0
+    result = {r["id"]: r for r in read_samples(tmp_path / "out" / "samples.jsonl")}
+    assert not result["heavy"]["refined"] and "Md (Z=101)" in result["heavy"]["refine_note"]
+    assert result[rows[0]["id"]]["refined"] and result[rows[1]["id"]]["refined"]
+
+
 def test_cif_folder_input_redetects_the_group(real_samples, tmp_path):
     _, rows = real_samples
     folder = tmp_path / "cifs"
