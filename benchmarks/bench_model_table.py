@@ -5,6 +5,7 @@ SmolLM2-135M + LoRA trained on 2 CPU cores, and the 11M architecture trained fro
     python benchmarks/bench_model_table.py run --label crystal11m_cpu --model runs/crystal11m_cpu/final
     python benchmarks/bench_model_table.py run --label default_11m          # the embedded default (no --model)
     python benchmarks/bench_model_table.py table --labels default_11m smollm2_lora crystal11m_cpu
+    python benchmarks/bench_model_table.py llm-only --labels default_11m smollm2_lora crystal11m_cpu  # no slow suite
 
 `run` (resumable: every step skips what is already written) for one model, in WORK/<label>/:
 1. samples, grammar-constrained, no redraws (benchmarks/bench_refiner_repair.py `sample`): 1,000 `dim=3`
@@ -103,9 +104,40 @@ def table(args) -> None:
     print(text)
 
 
+def llm_only(args) -> None:
+    """The LLM-only rows without the slow suite (fingerprints, novelty): readable structure, structural and SMACT
+    validity of the uncond set, conditional accuracy; benchmarks/results/model_table_llm_only.json."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_conditions import score
+
+    from xtallm.pipelines.evaluation import metrics as M
+    from xtallm.pipelines.evaluation.context import parse
+    from xtallm.pipelines.samples import read_jsonl
+
+    out = {}
+    for label in args.labels:
+        work = Path(args.work) / label
+        n = readable = structural = smact = 0
+        for row in read_jsonl(work / "llm" / "uncond" / "samples.jsonl"):
+            n += 1
+            structure = parse(row["cif"]) if row["ok"] else None
+            if structure is not None:
+                readable += 1
+                structural += M.structurally_valid(structure)
+                smact += M.compositionally_valid(structure.composition)
+        sampled = json.loads((work / "llm" / "uncond" / "summary.json").read_text())
+        conditional = {key: score(work / "llm" / key / "samples.jsonl", key, prompts=args.prompts) for key in PROMPT_SETS}
+        out[label] = {"samples": n, "parse_rate": sampled["parse_rate"], "readable": readable / n, "struct_validity": structural / n,
+                      "comp_validity": smact / n, "samples_per_s": sampled.get("samples_per_s"), "tokens_per_s": sampled.get("tokens_per_s"),
+                      "conditional": conditional}
+        print(label, {k: v for k, v in out[label].items() if k != "conditional"}, flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "model_table_llm_only.json").write_text(json.dumps({"date": time.strftime("%Y-%m-%d"), "columns": out}, indent=1) + "\n")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["run", "table"])
+    parser.add_argument("what", choices=["run", "table", "llm-only"])
     parser.add_argument("--work", default="runs/table")
     parser.add_argument("--label", help="run: the model's column (and folder) name")
     parser.add_argument("--model", default=None, help="run: --model of `xtallm sample` (default: the embedded 11M)")
@@ -115,7 +147,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=100, help="run: prompts per condition kind (the first N of the seeded "
                         "held-out choice; a set sampled with more is scored on its first N)")
     args = parser.parse_args()
-    run(args) if args.what == "run" else table(args)
+    {"run": run, "table": table, "llm-only": llm_only}[args.what](args)
 
 
 if __name__ == "__main__":
