@@ -3,7 +3,7 @@
 Atom types, the group and the Wyckoff assignment never change; only the free coordinates
 and the free lattice parameters move. A crystal whose atoms clash (refiner/clash.py) starts its
 chain from a higher noise level and is repaired by the symmetric repulsion in every step. A record
-the refiner cannot take (too many atoms) comes back unchanged with the reason.
+the refiner cannot take (too many atoms, an element beyond its table) comes back unchanged with the reason.
 """
 
 from __future__ import annotations
