@@ -81,7 +81,7 @@ def main() -> int:
     started = time.perf_counter()
     xtallm("generate", "--conditions-file", str(conditions), "--num-samples", "1", "--out", str(work / "gen"))
     tag = f"{args.relax_steps}" + (f"_sub{args.subsample}" if args.subsample else "")
-    relaxed, scored = work / f"relaxed_{tag}.jsonl", work / f"eval_{tag}"
+    relaxed, scored = work / f"relaxed_{tag}", work / f"eval_{tag}"  # relax writes relaxed_{tag}/relaxed.jsonl
     sub = ["--subsample", str(args.subsample)] if args.subsample else []
     xtallm("relax", str(work / "gen" / "samples.jsonl"), "--relax-steps", str(args.relax_steps), "--device", args.device,
            "--engine", args.engine, *sub, "--out", str(relaxed))

@@ -21,6 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from xtallm.pipelines.evaluation.relax import relaxed_file
+from xtallm.pipelines.samples import read_jsonl
+
 KEYS = ("n_samples", "validity", "struct_validity", "comp_validity", "uniqueness", "stable_rate", "metastable_rate", "n_valid",
         "n_relaxed", "n_relax_failed", "n_far_below_hull", "hull_entries", "hull_chemsys_coverage", "hull_binary_coverage",
         "stability_relax_steps")
@@ -30,6 +33,12 @@ def sign_test(a: int, b: int) -> float:
     """Two-sided exact binomial p of a vs b discordant pairs."""
     n, k = a + b, min(a, b)
     return min(1.0, 2 * sum(comb(n, i) for i in range(k + 1)) / 2**n) if n else 1.0
+
+
+def _relaxations(out: Path, arm: str) -> list[dict]:
+    """`xtallm relax` rows of one arm: its output folder, or the JSONL that earlier versions wrote."""
+    folder = out / f"relaxed_{arm}"
+    return list(read_jsonl(relaxed_file(folder if folder.exists() else out / f"relaxed_{arm}.jsonl")))
 
 
 def main() -> int:
@@ -47,7 +56,7 @@ def main() -> int:
         m = json.loads((work / f"eval_{arm}" / "metrics.json").read_text())
         details = pd.read_csv(work / f"eval_{arm}" / "stability.csv").set_index("id")
         e = e_hull[arm] = details["e_above_hull"].reindex(ids)
-        relax = [json.loads(line) for line in (work / "out" / f"relaxed_{arm}.jsonl").read_text().splitlines()]
+        relax = _relaxations(work / "out", arm)
         arms[arm] = {k: m.get(k) for k in KEYS} | {
             "n_stable": int((e <= 0).sum()), "n_metastable": int((e <= 0.1).sum()),
             "n_stable_within_0.1_below_hull": int(((e <= 0) & (e >= -0.1)).sum()),

@@ -23,23 +23,23 @@ start=$(date +%s)
 for f in $S/known_*.csv.xz $S/rest_*.csv.xz; do
   [ -e "$f" ] || continue
   name=$(basename "$f" .csv.xz)
-  timeout $LIMIT $X hull build --structures "$f" --relax-steps 0 --out "$OUT/hull_$name.csv" > "$LOGS/hull_$name.txt" 2>&1 &
+  timeout $LIMIT $X hull build --structures "$f" --relax-steps 0 --out "$OUT/hull_$name" > "$LOGS/hull_$name.txt" 2>&1 &
 done
 for set in refined llm; do
-  [ -e $S/$set.jsonl.xz ] && timeout $LIMIT $X relax $S/$set.jsonl.xz --out "$OUT/relaxed_$set.jsonl" --relax-steps 1500 \
+  [ -e $S/$set.jsonl.xz ] && timeout $LIMIT $X relax $S/$set.jsonl.xz --out "$OUT/relaxed_$set" --relax-steps 1500 \
     --batch-atoms "${BATCH_ATOMS:-6000}" > "$LOGS/relax_$set.txt" 2>&1 &
 done
-[ -e $S/fe_gen.jsonl ] && timeout $LIMIT $X relax $S/fe_gen.jsonl --out "$OUT/relaxed_fe_1500.jsonl" --relax-steps 1500 \
+[ -e $S/fe_gen.jsonl ] && timeout $LIMIT $X relax $S/fe_gen.jsonl --out "$OUT/relaxed_fe_1500" --relax-steps 1500 \
   > "$LOGS/relax_fe.txt" 2>&1 &
 if [ "${SUBSET:-0}" = 1 ]; then
   timeout $LIMIT $X hull build --structures $S/known_subset.csv.xz --relax-steps 1500 --no-elements \
-    --out "$OUT/hull_subset_relaxed.csv" > "$LOGS/subset.txt" 2>&1 &
+    --out "$OUT/hull_subset_relaxed" > "$LOGS/subset.txt" 2>&1 &
 fi
 wait $(jobs -p | grep -v "^$monitor$")
 kill $monitor
 echo "wall $(( $(date +%s) - start )) s"
-for f in "$OUT"/*; do echo "$f $(wc -l < "$f") lines"; done
-rm -f "$OUT"/*.lock
+for f in "$OUT"/*/*.jsonl "$OUT"/*/*.csv; do [ -e "$f" ] && echo "$f $(wc -l < "$f") lines"; done
+rm -f "$OUT"/*/*.lock
 for f in $LOGS/*.txt; do echo "== $f"; tr '\r' '\n' < "$f" | grep -v "^$" | tail -n 2; done > "$OUT/log.txt"
 grep -i -B2 "error\|traceback" $LOGS/*.txt | head -40 >> "$OUT/log.txt"
 cat "$OUT/log.txt" | tail -n 40

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import re
 import types
 import typing
@@ -40,6 +41,14 @@ def _load_yaml(text: str) -> Any:
 
 class RecipeError(ValueError):
     """A recipe, override or flag value that does not fit its setting (unknown key, wrong type)."""
+
+
+NUM_PROC_HELP = "worker processes (default: the machine's cores, at most 8)"
+
+
+def default_num_proc() -> int:
+    """Worker processes when the user names none: every command that fans out uses this one rule."""
+    return min(os.cpu_count() or 1, 8)
 
 
 def option(default: Any = dataclasses.MISSING, help: str = "", *, factory: Any = None, flag: bool = True, **extra: Any):

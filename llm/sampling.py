@@ -225,7 +225,8 @@ class HfSampler:
         from .hf_generate import generate_ids
 
         if any(r.grammar for r in requests):
-            raise ValueError("constrained decoding needs the vllm or server backend (structured outputs)")
+            raise ValueError("constrained decoding needs the vllm or server backend (structured outputs); "
+                             "--no-constrained samples with HF generate")
         o = options or self.options
         results = generate_ids(
             self.model, self.tokenizer, [r.prompt_ids for r in requests], max_new_tokens=o.max_tokens,

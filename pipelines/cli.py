@@ -10,7 +10,7 @@ import logging
 import os
 import sys
 
-from xtallm.configs.recipe import RecipeError, add_flags, with_flags
+from xtallm.configs.recipe import NUM_PROC_HELP, RecipeError, add_flags, with_flags
 
 
 def _data_prepare(args: argparse.Namespace) -> int:
@@ -124,7 +124,7 @@ def _generate(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
-    s = export(args.format, args.samples, args.out, n=args.n, relaxed=args.relaxed)
+    s = export(args.benchmark, args.samples, args.out, n=args.size, relaxed=args.relaxed)
     relaxed = f", relaxed with {s['relaxed_with']}" if s["relaxed"] else ", as generated (not relaxed)"
     print(f"{s['n_structures']} structures from the first {s['samples_read']} samples ({s['samples_without_a_crystal']} without "
           f"a crystal){relaxed} -> {args.out}/structures.csv, {args.out}/cifs.zip")
@@ -145,105 +145,154 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _prompt_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="output folder (samples.jsonl, summary.json; a rerun resumes)")
     p.add_argument("--num-samples", type=int, default=100, help="samples per prompt (default: 100)")
     p.add_argument("--condition", action="append", default=[], metavar="KEY=VALUE", help="e.g. sg=225, elements=Mo,S, dim=2 lg=78 (repeatable)")
     p.add_argument("--conditions-file", default=None, help="CSV, one condition set (prompt) per row")
 
 
-def _generate_parser(sub) -> None:
+def _add_generate(sub) -> None:
     from .generate import RefineStage, load_generate_config
     from .sample import SampleOptions
 
-    g = sub.add_parser("generate", help="sample -> decode -> refine, end to end (the shipped recipe and embedded models by default)")
+    g = sub.add_parser("generate", help=COMMANDS["generate"])
     _prompt_flags(g)
     g.add_argument("--config", default=None, help="pipeline recipe YAML (default: the shipped configs/pipeline/default.yaml)")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any recipe setting, e.g. sample.top_k=40")
     defaults = load_generate_config(None)
     add_flags(g.add_argument_group("sample stage (any `xtallm sample` flag)"), SampleOptions, "sample_", defaults=defaults.sample)
     g.add_argument("--unconstrained", dest="sample_constrained", action="store_false", default=None, help="= --no-constrained")
-    shared = {"batch_size", "max_atoms", "seed", "vacuum"}  # also sample settings: the refine stage's take a prefix
+    # the refine stage's settings that `xtallm refine` or the sample stage also has under another default (the chain's
+    # steps: 50 here, 200 there) take a prefix, so that one flag name has one meaning and one default
+    prefixed = {"batch_size", "max_atoms", "seed", "vacuum", "steps"}
     # --group is for input files that declare none; every generated row declares its own group, and the flag
     # read like a request for a group (that is `--condition sg=62`)
     add_flags(g.add_argument_group("refine stage (any `xtallm refine` flag but --group)"), RefineStage, "refine_",
-              defaults=defaults.refine, rename={**{k: f"refine_{k}" for k in shared}, "enabled": "refine"}, skip=("group",))
+              defaults=defaults.refine, rename={**{k: f"refine_{k}" for k in prefixed}, "enabled": "refine"}, skip=("group",))
+    g.set_defaults(func=_generate)
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _add_data(sub) -> None:
     from xtallm.tokenization.data import PrepareOptions
 
-    from .evaluation import EvaluateOptions
-    from .evaluation.hull import HullOptions
-    from .evaluation.relax import RelaxOptions
-    from .refine import RefineSettings
-    from .sample import SampleOptions
-
-    parser = argparse.ArgumentParser(prog="xtallm", description=__doc__)
-    parser.add_argument("--verbose", action="store_true", help="third-party logs and full tracebacks")
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    data = sub.add_parser("data", help="data preparation").add_subparsers(dest="data_command", required=True)
+    data = sub.add_parser("data", help=COMMANDS["data"]).add_subparsers(dest="data_command", required=True)
     p = data.add_parser("prepare", help="encode a crystal table (CSV/JSON/parquet, URL or hub id) into a dataset")
     p.add_argument("source", help="file path, URL or hub dataset id (owner/name)")
     p.add_argument("--out", required=True, help="output folder (datasets format + failures.csv + summary.json)")
-    p.add_argument("--num-proc", type=int, default=None)
+    p.add_argument("--num-proc", type=int, default=None, help=NUM_PROC_HELP)
     p.add_argument("--no-cache", action="store_true", help="neither read nor write ~/.cache/xtallm ($XTALLM_CACHE)")
-    add_flags(p, PrepareOptions, rename={"fmt": "format"})
+    add_flags(p, PrepareOptions, rename={"fmt": "format", "max_atoms": "max_input_atoms"})
     p.set_defaults(func=_data_prepare)
 
-    s = sub.add_parser("sample", help="sample crystals from a model (vLLM, HF generate or a server)")
+
+def _add_sample(sub) -> None:
+    from .sample import SampleOptions
+
+    s = sub.add_parser("sample", help=COMMANDS["sample"])
     _prompt_flags(s)
     add_flags(s, SampleOptions)
     s.set_defaults(func=_sample)
 
-    e = sub.add_parser("evaluate", help="validity, uniqueness, novelty, coverage, symmetry and stability metrics of samples")
+
+def _add_evaluate(sub) -> None:
+    from .evaluation import EvaluateOptions
+
+    e = sub.add_parser("evaluate", help=COMMANDS["evaluate"])
     e.add_argument("samples", help="samples.jsonl (xtallm sample/refine) or a folder of CIFs")
     e.add_argument("--reference", required=True, help="CSV with a cif column (the held-out split)")
     e.add_argument("--train", action="append", default=[], help="CSV(s) novelty is checked against (repeatable)")
     e.add_argument("--train-meta", action="append", default=[],
                    help="CSV(s) of known crystals without positions (formula, a, b, c, alpha, beta, gamma)")
-    e.add_argument("--out", required=True)
+    e.add_argument("--out", required=True, help="output folder (metrics.json, summary.md)")
     add_flags(e, EvaluateOptions)
     e.set_defaults(func=_evaluate)
 
-    x = sub.add_parser("relax", help="MLFF relaxations of samples in parallel workers (JSONL out, resumable)")
+
+def _add_relax(sub) -> None:
+    from .evaluation.relax import RelaxOptions
+
+    x = sub.add_parser("relax", help=COMMANDS["relax"])
     x.add_argument("samples", help="samples.jsonl or a folder of CIFs")
-    x.add_argument("--out", required=True, help="JSONL, appended to (a rerun resumes)")
+    x.add_argument("--out", required=True, help="output folder: relaxed.jsonl, appended to (a rerun resumes)")
     add_flags(x, RelaxOptions, rename={"steps": "relax_steps"})
     x.set_defaults(func=_relax)
 
-    h = sub.add_parser("hull", help="reference convex hull from MLFF energies of known crystals").add_subparsers(
-        dest="hull_command", required=True)
+
+def _add_hull(sub) -> None:
+    from .evaluation.hull import HullOptions
+
+    h = sub.add_parser("hull", help=COMMANDS["hull"]).add_subparsers(dest="hull_command", required=True)
     hb = h.add_parser("build", help="relax known structures with an MLFF and write their corrected energies")
     hb.add_argument("--structures", action="append", required=True, help="CSV(s) of known crystals (cif column; repeatable)")
-    hb.add_argument("--out", required=True, help="hull CSV (appended to; a rerun resumes)")
+    hb.add_argument("--out", required=True, help="output folder: hull.csv, appended to (a rerun resumes)")
     add_flags(hb, HullOptions, rename={"steps": "relax_steps"})
     hb.set_defaults(func=_hull_build)
 
-    _generate_parser(sub)
-    sub.choices["generate"].set_defaults(func=_generate)
 
-    r = sub.add_parser("refine", help="refine sampled crystals with the symmetry-exact diffusion refiner")
+def _add_refine(sub) -> None:
+    from .refine import RefineSettings
+
+    r = sub.add_parser("refine", help=COMMANDS["refine"])
     r.add_argument("samples", help="samples.jsonl (xtallm sample) or a folder of CIFs")
-    r.add_argument("--out", required=True)
-    add_flags(r, RefineSettings)
+    r.add_argument("--out", required=True, help="output folder (samples.jsonl, cif/, summary.json)")
+    add_flags(r, RefineSettings, rename={"max_atoms": "refine_max_atoms"})  # as in `generate`: sample's --max-atoms is another cap
     r.add_argument("--fixed-lattice", dest="refine_lattice", action="store_false", default=None, help="= --no-refine-lattice")
     r.add_argument("--no-check", dest="check_symmetry", action="store_false", default=None, help="= --no-check-symmetry")
     r.set_defaults(func=_refine)
 
-    xp = sub.add_parser("export", help="samples in another benchmark's submission format (LeMat-GenBench)")
+
+def _add_export(sub) -> None:
+    xp = sub.add_parser("export", help=COMMANDS["export"])
     xp.add_argument("samples", help="samples.jsonl or a folder of CIFs")
-    xp.add_argument("--format", required=True, choices=["lemat-genbench"])
+    xp.add_argument("--benchmark", required=True, choices=["lemat-genbench"], help="whose submission format")
     xp.add_argument("--out", required=True, help="a new folder")
-    xp.add_argument("--n", type=int, default=2500, help="structures to export: the first N samples with a crystal (default: 2500)")
-    xp.add_argument("--relaxed", default=None, help="`xtallm relax` output: export the relaxed structures (marked as pre-relaxed)")
+    xp.add_argument("--size", type=int, default=2500, help="structures in the submission: the first N samples with a crystal "
+                    "(default: 2500, the leaderboard's)")
+    xp.add_argument("--relaxed", default=None, help="`xtallm relax` output (folder or relaxed.jsonl): export the relaxed "
+                    "structures (marked as pre-relaxed)")
     xp.set_defaults(func=_export)
 
-    d = sub.add_parser("demo", help="encode/decode the embedded example crystals (bulk + monolayers)")
-    d.add_argument("--out", default="outputs/demo")
-    d.add_argument("--num-proc", type=int, default=None)
+
+def _add_demo(sub) -> None:
+    d = sub.add_parser("demo", help=COMMANDS["demo"])
+    d.add_argument("--out", default="outputs/demo", help="output folder (default: outputs/demo)")
+    d.add_argument("--num-proc", type=int, default=None, help=NUM_PROC_HELP)
     d.set_defaults(func=_demo)
+
+
+# name -> one-line help; the flags of a command are built (and its modules imported) only when it runs, so
+# `xtallm --help` answers without loading torch
+COMMANDS = {
+    "generate": "sample -> decode -> refine, end to end (the shipped recipe and embedded models by default)",
+    "data": "data preparation",
+    "sample": "sample crystals from a model (vLLM, HF generate or a server)",
+    "evaluate": "validity, uniqueness, novelty, coverage, symmetry and stability metrics of samples",
+    "relax": "MLFF relaxations of samples in parallel workers (relaxed.jsonl, resumable)",
+    "hull": "reference convex hull from MLFF energies of known crystals",
+    "refine": "refine sampled crystals with the symmetry-exact diffusion refiner",
+    "export": "samples in another benchmark's submission format (LeMat-GenBench)",
+    "demo": "encode/decode the embedded example crystals (bulk + monolayers)",
+}
+BUILDERS = {"generate": _add_generate, "data": _add_data, "sample": _add_sample, "evaluate": _add_evaluate, "relax": _add_relax,
+            "hull": _add_hull, "refine": _add_refine, "export": _add_export, "demo": _add_demo}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The whole CLI, or (`command`) only that subcommand's flags, the others named with their help ("": none)."""
+    parser = argparse.ArgumentParser(prog="xtallm", description=__doc__)
+    parser.add_argument("--verbose", action="store_true", help="third-party logs and full tracebacks")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help_text in COMMANDS.items():
+        if command is None or name == command:
+            BUILDERS[name](sub)
+        else:
+            sub.add_parser(name, help=help_text)
     return parser
+
+
+def _command(argv: list[str]) -> str | None:
+    """The subcommand argv names (the first word that is one), or None."""
+    return next((word for word in argv if word in COMMANDS), None)
 
 
 def quiet_third_party(verbose: bool) -> None:
@@ -262,7 +311,8 @@ def quiet_third_party(verbose: bool) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    args = build_parser(_command(argv) or "").parse_args(argv)
     quiet_third_party(args.verbose)
     try:
         return args.func(args)

@@ -12,6 +12,7 @@ from importlib import resources
 from pathlib import Path
 
 from xtallm import tokenization
+from xtallm.configs.recipe import default_num_proc
 from xtallm.tokenization.check import roundtrip_many
 from xtallm.tokenization.data import PrepareOptions
 from xtallm.tokenization.tokenizer import build_crystal_tokenizer
@@ -35,7 +36,7 @@ def run_demo(out: str | Path, num_proc: int | None = None) -> dict:
     for name in EXAMPLES:
         prepared = prepare(str(example_path(name)), out / name, PrepareOptions(), num_proc=num_proc)
         ds = prepared.dataset
-        checks = roundtrip_many(ds["cif"], ds[0]["dim"], num_proc=num_proc or 1)
+        checks = roundtrip_many(ds["cif"], ds[0]["dim"], num_proc=num_proc or default_num_proc())
         n_tokens = [len(tokenizer(t)["input_ids"]) for t in ds["text"]]
         matched = sum(c.matched for c in checks)
         same_group = sum(c.group_kept for c in checks)

@@ -1,6 +1,6 @@
 """`xtallm export`: samples in the format another benchmark takes.
 
-    xtallm export samples.jsonl --format lemat-genbench --out submission/ [--n 2500] [--relaxed relaxed.jsonl]
+    xtallm export samples.jsonl --benchmark lemat-genbench --out submission/ [--size 2500] [--relaxed RELAXED_FOLDER]
 
 `lemat-genbench` (LeMat-GenBench, whose leaderboard MatterGen, PLaID++, DiffCSP and others report):
 the first N samples that hold a crystal, in id order (no selection by quality), as
@@ -30,7 +30,9 @@ LEMAT_DEFAULT_N = 2500
 def _relaxed_cifs(path: str | None) -> tuple[dict[str, str], str | None]:
     if path is None:
         return {}, None
-    rows = list(read_jsonl(path))
+    from .evaluation.relax import relaxed_file
+
+    rows = list(read_jsonl(relaxed_file(path)))
     mlffs = {r.get("mlff") for r in rows}
     return {str(r["id"]): r["relaxed_cif"] for r in rows if r.get("relaxed_cif") and not r.get("error")}, ",".join(sorted(map(str, mlffs)))
 
@@ -39,7 +41,7 @@ def export_lemat_genbench(samples: str, out: str, n: int = LEMAT_DEFAULT_N, rela
     """Write a LeMat-GenBench submission of the first `n` samples with a crystal."""
     out_dir = Path(out)
     if n < 1:
-        raise ValueError(f"--n must be >= 1, got {n}")
+        raise ValueError(f"--size must be >= 1, got {n}")
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"--out {out_dir}: not empty; choose a new folder")
     report = ReadReport()

@@ -33,7 +33,7 @@ from xtallm.tokenization.symmetrize import fit_to_group
 from xtallm.tokenization.symmetry import GroupId
 
 from .evaluation.metrics import validity
-from .evaluation.stability import DEFAULT_FMAX, MLFFS
+from .evaluation.stability import DEFAULT_FMAX, MAX_STEPS, MLFFS
 from .samples import ReadReport, Sample, SampleWriter, load_samples, read_cif, read_samples, structure_cif
 
 SYMPRECS = (0.1, 0.01, 0.001)
@@ -54,7 +54,7 @@ class RefineSettings(RefineOptions):
     relax: bool = option(False, "then relax each refined crystal in its group (MLFF + FixSymmetry) into DIR/relaxed/, "
                                 "never counted in the refiner's figures; slow on a CPU (~0.2-0.5 s per FIRE step, 20 atoms)")
     relax_mlff: str = option("sevennet", "potential of the relaxation", choices=tuple(MLFFS))
-    relax_steps: int = option(200, "FIRE steps at most per crystal in the relaxation")
+    relax_steps: int = option(MAX_STEPS, "FIRE steps at most per crystal in the relaxation")
     relax_fmax: float = option(DEFAULT_FMAX, "force convergence of the relaxation, eV/Å")
 
     def check(self) -> None:

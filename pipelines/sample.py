@@ -38,9 +38,11 @@ class SampleOptions(SamplingOptions):
                                        "(converted once into the cache; default: the embedded xtallm crystal LM)")
     adapter: str | None = option(None, "LoRA adapter folder or hub id, or layer_group for the shipped adapter")
     backend: str = option("vllm", "sampling backend", choices=tuple(SAMPLERS))
-    constrained: bool = option(False, "grammar-constrained decoding: every sample parses and honours sg/lg/elements/formula")
+    constrained: bool = option(True, "grammar-constrained decoding: every sample parses and honours sg/lg/elements/formula "
+                                      "(vllm and server backends; --no-constrained samples freely)")
     max_atoms: int = option(80, "constrained: at most this many atoms in the conventional cell")
-    redraws: int = option(0, "with sg=/lg=: draw a sample again (up to N times) while its detected group differs")
+    redraws: int = option(3, "with sg=/lg=: draw a sample again (up to N times) while its detected group differs "
+                             "(0: the model's first draws, the protocol figure)")
     seed: int = option(0, "base seed; every sample's own seed derives from it")
     batch_size: int = option(256, "requests per engine call and per write to samples.jsonl")
     vacuum: float = option(DEFAULT_VACUUM, "Å of vacuum along c in monolayer cells")
@@ -86,7 +88,8 @@ def build_requests(job: SampleJob, model: str, adapter: str | None, tokenizer, i
         grammar, after_group = None, None
         if o.constrained:
             if not get_format(info.get("fmt", "wyckoff")).states_symmetry:
-                raise ValueError("--constrained needs a model trained on the wyckoff format")
+                raise ValueError(f"{adapter or model}: constrained decoding needs a model trained on the wyckoff format "
+                                 "(--no-constrained samples it freely)")
             grammar, after_group = constraint_grammars(conditions, info.get("dims"), o.max_atoms)
         for k in range(job.num_samples):
             seed = o.seed * 1_000_003 + p * 100_003 + k

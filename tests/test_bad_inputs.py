@@ -66,7 +66,7 @@ CLI_CASES = [
     (["data", "prepare", "{garbage}", "--out", "{tmp}/o"], "garbage.csv"),
     (["data", "prepare", str(EXAMPLES), "--out", "{foreign}"], "not empty and was not written by"),
     (["data", "prepare", str(EXAMPLES), "--out", "{a_file}"], "is a file"),
-    (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--max-atoms", "0"], "max_atoms"),
+    (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--max-input-atoms", "0"], "max_atoms"),
     (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--symprec", "-1"], "symprec"),
     (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--limit", "0"], "limit"),
     (["data", "prepare", str(EXAMPLES), "--out", "{tmp}/o", "--num-proc", "0"], "--num-proc"),
@@ -133,20 +133,20 @@ CLI_CASES = [
     (["evaluate", "{good}", "--reference", "{ref}", "--relaxed", "{good}", "--out", "{tmp}/e"], "--relaxed needs --hull"),
     (["evaluate", "{good}", "--reference", "{ref}", "--num-proc", "0", "--out", "{tmp}/e"], "num_proc"),
     # relax
-    (["relax", "{folder}/none.jsonl", "--out", "{tmp}/x.jsonl"], "no such samples file"),
-    (["relax", "{good}", "--out", "{folder}"], "is a folder"),
-    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--relax-steps", "-1"], "--relax-steps must be >= 0"),
-    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--mlff", "chgnet", "--engine", "batched"], "batched engine runs SevenNet only"),
-    (["relax", "{good}", "--out", "{tmp}/x.jsonl", "--workers", "0"], "--workers must be >= 1"),
+    (["relax", "{folder}/none.jsonl", "--out", "{tmp}/x"], "no such samples file"),
+    (["relax", "{good}", "--out", "{a_file}"], "is a file; --out is a folder"),
+    (["relax", "{good}", "--out", "{tmp}/x", "--relax-steps", "-1"], "--relax-steps must be >= 0"),
+    (["relax", "{good}", "--out", "{tmp}/x", "--mlff", "chgnet", "--engine", "batched"], "batched engine runs SevenNet only"),
+    (["relax", "{good}", "--out", "{tmp}/x", "--workers", "0"], "--workers must be >= 1"),
     # hull build
-    (["hull", "build", "--structures", "{folder}/none.csv", "--out", "{tmp}/h.csv"], "no such table"),
-    (["hull", "build", "--structures", "{nocif}", "--out", "{tmp}/h.csv"], "no 'cif' column"),
-    (["hull", "build", "--structures", "{ref}", "--out", "{tmp}/h.csv", "--relax-steps", "-1"], "steps"),
-    (["hull", "build", "--structures", "{ref}", "--out", "{folder}"], "folder"),
+    (["hull", "build", "--structures", "{folder}/none.csv", "--out", "{tmp}/h"], "no such table"),
+    (["hull", "build", "--structures", "{nocif}", "--out", "{tmp}/h"], "no 'cif' column"),
+    (["hull", "build", "--structures", "{ref}", "--out", "{tmp}/h", "--relax-steps", "-1"], "steps"),
+    (["hull", "build", "--structures", "{ref}", "--out", "{a_file}"], "is a file; --out is a folder"),
     # export
-    (["export", "{folder}/none.jsonl", "--format", "lemat-genbench", "--out", "{tmp}/x"], "no such samples file"),
-    (["export", "{good}", "--format", "lemat-genbench", "--out", "{foreign}"], "not empty"),
-    (["export", "{good}", "--format", "lemat-genbench", "--out", "{tmp}/x", "--n", "0"], "--n"),
+    (["export", "{folder}/none.jsonl", "--benchmark", "lemat-genbench", "--out", "{tmp}/x"], "no such samples file"),
+    (["export", "{good}", "--benchmark", "lemat-genbench", "--out", "{foreign}"], "not empty"),
+    (["export", "{good}", "--benchmark", "lemat-genbench", "--out", "{tmp}/x", "--size", "0"], "--size"),
 ]
 
 
@@ -301,7 +301,7 @@ def test_read_only_output_folder_is_one_line(files, tmp_path, capsys):
     with _small_disk(tmp_path / "ro", "ro") as disk:
         for argv in (["refine", str(files / "good.jsonl"), "--out", str(disk / "r"), "--steps", "2"],
                      ["data", "prepare", str(EXAMPLES), "--out", str(disk / "d")],
-                     ["export", str(files / "good.jsonl"), "--format", "lemat-genbench", "--out", str(disk / "x")]):
+                     ["export", str(files / "good.jsonl"), "--benchmark", "lemat-genbench", "--out", str(disk / "x")]):
             assert main(argv) == 2, argv
             err = capsys.readouterr().err
             errors = [line for line in err.splitlines() if "error:" in line]

@@ -1,4 +1,4 @@
-"""`xtallm export --format lemat-genbench`: the files LeMat-GenBench's loaders read, first N crystals in order."""
+"""`xtallm export --benchmark lemat-genbench`: the files LeMat-GenBench's loaders read, first N crystals in order."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ def test_lemat_genbench_export(tmp_path):
     path = tmp_path / "samples.jsonl"
     path.write_text("".join(json.dumps(decode_sample(f"p0-{i}", t).to_json()) + "\n" for i, t in enumerate(texts)))
     out = tmp_path / "sub"
-    assert main(["export", str(path), "--format", "lemat-genbench", "--n", "3", "--out", str(out)]) == 0
+    assert main(["export", str(path), "--benchmark", "lemat-genbench", "--size", "3", "--out", str(out)]) == 0
     info = json.loads((out / "export.json").read_text())
     assert info["n_structures"] == 3 and info["samples_read"] == 4 and info["samples_without_a_crystal"] == 1 and not info["relaxed"]
     with open(out / "structures.csv") as f:
@@ -29,4 +29,4 @@ def test_lemat_genbench_export(tmp_path):
         names = sorted(z.namelist())
         assert names == ["p0-0.cif", "p0-2.cif", "p0-3.cif"]
         assert len(Structure.from_str(z.read("p0-2.cif").decode(), fmt="cif")) == 2
-    assert main(["export", str(path), "--format", "lemat-genbench", "--out", str(out)]) == 2  # never writes into a full folder
+    assert main(["export", str(path), "--benchmark", "lemat-genbench", "--out", str(out)]) == 2  # never writes into a full folder

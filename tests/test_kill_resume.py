@@ -94,22 +94,22 @@ def _same_rows(a: Path, b: Path, key: str) -> None:
 def test_relax_killed_mid_run_resumes(crystals, tmp_path):
     cmd = [sys.executable, "-m", "xtallm.pipelines.cli", "relax", str(crystals / "samples.jsonl"), "--relax-steps", "30",
            "--device", "cpu", "--engine", "ase", "--out"]
-    _run([*cmd, str(tmp_path / "straight.jsonl")])
-    killed = tmp_path / "killed.jsonl"
-    _kill_when([*cmd, str(killed)], lambda: _lines(killed) >= 3)
+    _run([*cmd, str(tmp_path / "straight")])  # --out folders: relaxed.jsonl in each
+    killed = tmp_path / "killed"
+    _kill_when([*cmd, str(killed)], lambda: _lines(killed / "relaxed.jsonl") >= 3)
     _run([*cmd, str(killed)])
-    _same_rows(tmp_path / "straight.jsonl", killed, "energy_per_atom")
+    _same_rows(tmp_path / "straight" / "relaxed.jsonl", killed / "relaxed.jsonl", "energy_per_atom")
 
 
 def test_hull_build_killed_mid_run_resumes(crystals, tmp_path):
     cmd = [sys.executable, "-m", "xtallm.pipelines.cli", "hull", "build", "--structures", str(crystals / "known.csv"),
            "--relax-steps", "5", "--device", "cpu", "--engine", "ase", "--no-elements", "--out"]
-    _run([*cmd, str(tmp_path / "straight.csv")])
-    killed = tmp_path / "killed.csv"
-    _kill_when([*cmd, str(killed)], lambda: _lines(killed) >= 4)
+    _run([*cmd, str(tmp_path / "straight")])  # --out folders: hull.csv in each
+    killed = tmp_path / "killed"
+    _kill_when([*cmd, str(killed)], lambda: _lines(killed / "hull.csv") >= 4)
     _run([*cmd, str(killed)])
-    a = pd.read_csv(tmp_path / "straight.csv").set_index("id")
-    b = pd.read_csv(killed)
+    a = pd.read_csv(tmp_path / "straight" / "hull.csv").set_index("id")
+    b = pd.read_csv(killed / "hull.csv")
     assert len(b) == b["id"].nunique() == len(a)
     assert (b.set_index("id")["energy_corrected"] - a["energy_corrected"]).abs().max() < 1e-4
 

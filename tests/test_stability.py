@@ -27,7 +27,7 @@ def small_hull(tmp_path_factory):
     assert len(known) == 2
     folder = tmp_path_factory.mktemp("hull")
     known.to_csv(folder / "known.csv", index=False)
-    out = folder / "hull.csv"
+    out = folder / "hull"  # a folder: hull.csv in it
     # Na and Cl have no elemental structure among the known ones: ASE references are added
     summary = build_hull(HullJob([str(folder / "known.csv")], str(out), HullOptions(mlff="sevennet", steps=30, device="cpu")))
     assert summary["rows"] == 4 and summary["failed_now"] == 0
@@ -36,7 +36,7 @@ def small_hull(tmp_path_factory):
 
 def test_hull_file_and_resume(small_hull):
     folder, _, out = small_hull
-    table = pd.read_csv(out)
+    table = pd.read_csv(out / "hull.csv")
     assert set(table["id"]) == {*STABLE, "element:Na", "element:Cl"}
     assert set(table["mlff"]) == {"sevennet"} and set(table["scheme"]) == {"MP2020"}
     nacl = table[table["id"] == "mp-22862"].iloc[0]
@@ -109,12 +109,12 @@ def test_relax_in_workers_resumes_and_evaluate_reads_it(small_hull, tmp_path):
     _, known, out = small_hull
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in _sample_rows(known)))
-    relaxed = tmp_path / "relaxed.jsonl"
+    relaxed = tmp_path / "relaxed"  # a folder: relaxed.jsonl in it
     args = ["relax", str(samples), "--out", str(relaxed), "--relax-steps", "40", "--device", "cpu", "--workers", "2"]
     assert main(args) == 0
-    rows = {r["id"]: r for r in map(json.loads, relaxed.read_text().splitlines())}
+    rows = {r["id"]: r for r in map(json.loads, (relaxed / "relaxed.jsonl").read_text().splitlines())}
     assert set(rows) == {*STABLE, "NaCl-B2"} and all(r["relaxed_cif"] and r["energy"] < 0 for r in rows.values())
-    assert main(args) == 0 and len(relaxed.read_text().splitlines()) == 3  # resumed: nothing relaxed twice
+    assert main(args) == 0 and len((relaxed / "relaxed.jsonl").read_text().splitlines()) == 3  # resumed: nothing relaxed twice
     ref = tmp_path / "ref.csv"
     known.to_csv(ref, index=False)
     common = ["--reference", str(ref), "--train", str(ref), "--hull", str(out), "--no-coverage", "--num-proc", "1"]
@@ -134,14 +134,14 @@ def test_chgnet_end_to_end(tmp_path):
     data = pd.concat([read_shared("mp20/val.csv.xz"), read_shared("mp20/train_partial.csv.xz")])
     known = data[data.material_id.isin(STABLE)]
     known.to_csv(tmp_path / "known.csv", index=False)
-    hull = tmp_path / "hull.csv"
+    hull = tmp_path / "hull"
     assert main(["hull", "build", "--structures", str(tmp_path / "known.csv"), "--mlff", "chgnet", "--relax-steps", "30",
                  "--device", "cpu", "--out", str(hull)]) == 0
-    table = pd.read_csv(hull)
+    table = pd.read_csv(hull / "hull.csv")
     assert set(table["scheme"]) == {"chgnet-native-MP2020"} and (table["energy_corrected"] == table["energy"]).all()
     samples = tmp_path / "s.jsonl"
     samples.write_text("".join(json.dumps(r) + "\n" for r in _sample_rows(known)))
-    relaxed = tmp_path / "relaxed.jsonl"
+    relaxed = tmp_path / "relaxed"
     assert main(["relax", str(samples), "--out", str(relaxed), "--mlff", "chgnet", "--relax-steps", "40", "--device", "cpu"]) == 0
     assert main(["evaluate", str(samples), "--reference", str(tmp_path / "known.csv"), "--hull", str(hull), "--relaxed",
                  str(relaxed), "--no-coverage", "--num-proc", "1", "--out", str(tmp_path / "e")]) == 0

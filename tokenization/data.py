@@ -23,7 +23,7 @@ import pandas as pd
 
 from .conditions import PROPERTY_COLUMNS, structure_conditions, validate_conditions
 from .errors import XtallmError
-from xtallm.configs.recipe import option
+from xtallm.configs.recipe import default_num_proc, option
 
 from .formats import FORMATS, get_format, parse_cif
 from .formats.wyckoff import WyckoffFormat
@@ -50,7 +50,7 @@ class PrepareOptions:
         if self.symprec <= 0:
             raise ValueError(f"symprec must be > 0, got {self.symprec}")
         if self.max_atoms is not None and self.max_atoms < 1:
-            raise ValueError(f"max_atoms must be >= 1, got {self.max_atoms}")
+            raise ValueError(f"max_atoms (--max-input-atoms) must be >= 1, got {self.max_atoms}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1, got {self.limit}")
 
@@ -236,7 +236,7 @@ def prepare_dataset(
         if col is not None:
             table[f"_prop_{key}"] = pd.to_numeric(df[col], errors="coerce").astype(float)
     raw = datasets.Dataset.from_pandas(table, preserve_index=False)
-    num_proc = num_proc if num_proc is not None else min(os.cpu_count() or 1, 8)
+    num_proc = num_proc if num_proc is not None else default_num_proc()
     # explicit types: a chunk where every row encodes has only None errors, which datasets cannot type
     text, integer = datasets.Value("string"), datasets.Value("int64")
     features = datasets.Features(

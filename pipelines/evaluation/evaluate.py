@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from typing import Any
 
-from xtallm.configs.recipe import option
+from xtallm.configs.recipe import NUM_PROC_HELP, default_num_proc, option
 
 from ..samples import ReadReport, load_samples
 from .context import CrystalTable, EvalContext, parse_many
@@ -29,27 +29,27 @@ METRIC_KEYS = (
 class EvaluateOptions:
     """Every setting of `xtallm evaluate`, declared once (the CLI flags come from here)."""
 
-    num_proc: int = option(2, "worker processes for parsing, fingerprints and matching")
+    num_proc: int | None = option(None, NUM_PROC_HELP)
     coverage: bool = option(True, "COV-R/COV-P (CrystalNN fingerprints; the slow part on CPU)")
     coverage_cutoffs: str = option("mp20", "CDVAE cutoffs: mp20, carbon, perovskite or STRUCT,COMP")
-    hull: str | None = option(None, "reference energies from `xtallm hull build` (enables stability, S.U.N.)")
+    hull: str | None = option(None, "reference energies: `xtallm hull build`'s output folder or its hull.csv (enables stability, S.U.N.)")
     mlff: str | None = option(None, "potential for relaxations (default: the hull's; must match it); alone: monolayer energies only",
                               choices=("sevennet", "chgnet"))
     hull_anchor: str | None = option(None, "known materials' own e_above_hull (shared/data/hull/mp_153k_ehull.csv.xz): also report "
                                             "rates against MP's hull as the MLFF sees its known phases (matbench-discovery style)")
-    stability_subsample: int | None = option(None, "relax at most N valid samples (random, --seed)")
+    subsample: int | None = option(None, "relax a random N of the valid samples for stability (--seed); the other metrics use all")
     relax_steps: int = option(1500, "FIRE steps at most (FrechetCellFilter)")
     fmax: float = option(0.05, "force convergence, eV/Å")
     device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
-    seed: int = option(0, "seed of the stability subsample")
-    relaxed: str | None = option(None, "`xtallm relax` output for these samples: read, not recomputed")
+    seed: int = option(0, "seed of the subsample")
+    relaxed: str | None = option(None, "`xtallm relax` output (its folder or relaxed.jsonl) for these samples: read, not recomputed")
     use_cache: bool = option(True, "cache reference fingerprints under $XTALLM_CACHE", flag=False)
 
     def check(self) -> None:
-        if self.num_proc < 1 or self.relax_steps < 0 or self.fmax <= 0:
+        if (self.num_proc is not None and self.num_proc < 1) or self.relax_steps < 0 or self.fmax <= 0:
             raise ValueError("num_proc must be >= 1, relax_steps >= 0, fmax > 0")
-        if self.stability_subsample is not None and self.stability_subsample < 1:
-            raise ValueError(f"stability_subsample must be >= 1, got {self.stability_subsample}")
+        if self.subsample is not None and self.subsample < 1:
+            raise ValueError(f"--subsample must be >= 1, got {self.subsample}")
 
     @property
     def coverage_cutoffs_value(self) -> str | tuple[float, float]:
@@ -66,7 +66,7 @@ def evaluate(
     samples: str | Path,
     reference: str | Path,
     train: list[str | Path] | None = None,
-    num_proc: int = 2,
+    num_proc: int | None = None,
     train_meta: list[str | Path] | None = None,
     options: EvaluateOptions | None = None,
     **settings: Any,
@@ -82,10 +82,10 @@ def evaluate(
     known = {f.name for f in fields(EvaluateOptions)}
     if unknown := set(settings) - known:
         raise TypeError(f"evaluate: unknown setting(s) {sorted(unknown)}")
-    o = replace(options or EvaluateOptions(), num_proc=num_proc, **settings)
+    o = replace(options or EvaluateOptions(), num_proc=num_proc or default_num_proc(), **settings)
     o.check()
     o.coverage_cutoffs_value  # a bad cutoff spec fails now, not after the slow part
-    stability = S.StabilityJob.prepare(o.hull, o.mlff, o.relaxed, o.hull_anchor, subsample=o.stability_subsample, steps=o.relax_steps,
+    stability = S.StabilityJob.prepare(o.hull, o.mlff, o.relaxed, o.hull_anchor, subsample=o.subsample, steps=o.relax_steps,
                                        fmax=o.fmax, device=o.device, seed=o.seed)  # mixed scales refused before any work
     for path in [*(train or []), *(train_meta or [])]:
         if not Path(path).is_file():

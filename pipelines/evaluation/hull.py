@@ -35,7 +35,7 @@ class HullOptions:
     """Settings of `xtallm hull build`, declared once."""
 
     mlff: str = option("sevennet", "potential (the samples must be relaxed with the same one)", choices=tuple(S.MLFFS))
-    steps: int = option(200, "FIRE steps per structure (0: single points)")
+    steps: int = option(S.MAX_STEPS, "FIRE steps at most per structure (0: single points)")
     fmax: float = option(S.DEFAULT_FMAX, "force convergence, eV/Å")
     limit: int | None = option(None, "first N rows of each table")
     device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
@@ -48,10 +48,13 @@ class HullOptions:
             raise ValueError("steps must be >= 0, fmax > 0, workers >= 1, limit >= 1")
 
 
+HULL = "hull.csv"
+
+
 @dataclass
 class HullJob:
     structures: list[str]
-    out: str
+    out: str  # a folder: hull.csv in it, appended to
     options: HullOptions = field(default_factory=HullOptions)
 
 
@@ -92,7 +95,9 @@ def build_hull(job: HullJob) -> dict:
     """Run (or resume) a hull build; returns counts for the CLI."""
     o = job.options
     S.check_mlff(o.mlff)
-    out = Path(job.out)
+    from .relax import output_folder
+
+    out = output_folder(job.out, HULL) / HULL
     if out.exists() and out.stat().st_size > 0:
         previous = pd.read_csv(out)
         used = set(zip(previous["mlff"], previous["scheme"]))

@@ -138,15 +138,32 @@ class RelaxOptions:
 @dataclass
 class RelaxJob:
     samples: str  # sampler JSONL or a folder of CIFs
-    out: str  # JSONL, appended to
+    out: str  # a folder: relaxed.jsonl in it, appended to
     options: RelaxOptions = field(default_factory=RelaxOptions)
 
 
+RELAXED = "relaxed.jsonl"
+
+
+def relaxed_file(path: str | Path) -> Path:
+    """The relaxations `xtallm relax` wrote: its output folder's relaxed.jsonl, or a JSONL named directly."""
+    path = Path(path)
+    return path / RELAXED if path.is_dir() else path
+
+
+def output_folder(path: str | Path, writes: str) -> Path:
+    """`--out` of a command that writes one file (`writes`) into a folder: refused when it is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--out {path}: is a file; --out is a folder (this command writes {path}/{writes})")
+    return path
+
+
 def done_ids(path: str | Path) -> dict[str, dict[str, Any]]:
-    """Rows already in a relax output, by sample id (a torn last line is ignored)."""
+    """Rows already in a relax output (folder or JSONL), by sample id (a torn last line is ignored)."""
     from ..samples import read_jsonl
 
-    return {str(r["id"]): r for r in read_jsonl(path) if "id" in r}
+    return {str(r["id"]): r for r in read_jsonl(relaxed_file(path)) if "id" in r}
 
 
 def run_relax(job: RelaxJob) -> dict[str, Any]:
@@ -157,7 +174,7 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
     from ..samples import JsonlWriter, load_samples
 
     S.check_mlff(o.mlff)
-    out = Path(job.out)
+    out = output_folder(job.out, RELAXED) / RELAXED
     previous = done_ids(out)
     if used := {r.get("mlff") for r in previous.values()} - {o.mlff}:
         raise S.MixedEnergyScalesError(f"{out} holds relaxations with {sorted(used)}; not resuming it with {o.mlff}")

@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -198,6 +199,8 @@ class Hull:
         style variant); references without an MP value are left out, elemental references kept."""
         import pandas as pd
 
+        if Path(path).is_dir():  # `xtallm hull build`'s output folder
+            path = Path(path) / "hull.csv"
         table = pd.read_csv(path)
         need = {"formula", "energy_corrected", "mlff", "scheme"}
         if missing := need - set(table.columns):

@@ -194,5 +194,5 @@ def test_a_constrained_sample_cut_off_by_max_tokens_is_not_a_crystal(tmp_path):
                     options=SampleOptions(model=str(default_model_path()), constrained=True))
     assert run_sample(job, sampler=CutOff())["parse_rate"] == 0.0
     assert all("cut off at max_tokens" in r["error"] for r in read_samples(tmp_path / "samples.jsonl"))
-    free = SampleJob(str(tmp_path / "free"), num_samples=2, conditions={"sg": 225}, options=SampleOptions(model=str(default_model_path())))
+    free = SampleJob(str(tmp_path / "free"), num_samples=2, conditions={"sg": 225}, options=SampleOptions(model=str(default_model_path()), constrained=False))
     assert run_sample(free, sampler=CutOff())["parse_rate"] == 1.0  # free decoding: scored as written

@@ -23,6 +23,7 @@ from xtallm.pipelines.sample import SampleJob, SampleOptions, honours_group, mak
 def job(model, out, **kw) -> SampleJob:
     options = kw.pop("options", SamplingOptions(max_tokens=448))
     prompts = {k: kw.pop(k) for k in ("num_samples", "conditions", "conditions_file") if k in kw}
+    kw = {"constrained": False, "redraws": 0, **kw}  # these tests sample freely unless they say otherwise
     return SampleJob(str(out), **prompts, options=SampleOptions(**{**asdict(options), "model": str(model), **kw}))
 
 

@@ -154,7 +154,7 @@ def test_hf_sampling_with_the_adapter(adapter, tmp_path):
     from xtallm.pipelines.sample import SampleJob, SampleOptions, run_sample
 
     job = SampleJob(str(tmp_path), num_samples=2, conditions={"dim": 3, "sg": 225},
-                    options=SampleOptions(model="smollm2", adapter=str(adapter[0]), backend="hf", max_tokens=48, seed=1))
+                    options=SampleOptions(model="smollm2", adapter=str(adapter[0]), backend="hf", constrained=False, max_tokens=48, seed=1))
     summary = run_sample(job)
     assert summary["samples"] == 2 and summary["generated_now"] == 2
     rows = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]

@@ -75,7 +75,7 @@ def test_unusable_rows_pass_through_and_a_rerun_resumes(real_samples, tmp_path):
     path = tmp_path / "samples.jsonl"
     _write(path, [rows[0], big, broken])
     out = tmp_path / "out"
-    args = ["refine", str(path), "--out", str(out), "--steps", "10", "--max-atoms", "200"]
+    args = ["refine", str(path), "--out", str(out), "--steps", "10", "--refine-max-atoms", "200"]
     assert main(args) == 0
     _write(path, [rows[0], big, broken, rows[1]])  # one more row: only it is refined on the re-run
     assert main(args) == 0
@@ -84,7 +84,7 @@ def test_unusable_rows_pass_through_and_a_rerun_resumes(real_samples, tmp_path):
     assert not result["broken"]["refined"] and "not a parsed sample" in result["broken"]["refine_note"]
     assert result[rows[1]["id"]]["refined"]
     small = tmp_path / "small"
-    assert main(["refine", str(path), "--out", str(small), "--steps", "10", "--max-atoms", "1"]) == 0
+    assert main(["refine", str(path), "--out", str(small), "--steps", "10", "--refine-max-atoms", "1"]) == 0
     notes = [r["refine_note"] for r in read_samples(small / "samples.jsonl")]
     assert any(n and "max_atoms=1" in n for n in notes)
 
