@@ -31,7 +31,7 @@ from xtallm.llm.card import write_model_card
 from xtallm.llm.config import FinetuneConfig, load_config
 from xtallm.llm.data import PackedExamples, build_examples, collate
 from xtallm.llm.hf_generate import sample_texts
-from xtallm.llm.model import count_parameters, load_model, load_tokenizer, name_adapter_base, save_xtallm_config
+from xtallm.llm.model import base_identity, count_parameters, load_model, load_tokenizer, name_adapter_base, save_xtallm_config
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -100,9 +100,10 @@ def save_final(model, tokenizer, config: FinetuneConfig, metrics: dict, accelera
             str(output_dir), state_dict=state, safe_serialization=True, max_shard_size=config.train.max_shard_size
         )
         tokenizer.save_pretrained(str(output_dir))
-        name_adapter_base(output_dir, config.model.base)  # `smollm2`, not this machine's cache folder
+        name_adapter_base(output_dir, config.model.base)  # a name that means the same from any folder
         config.save(output_dir / "finetune_config.yaml")
-        save_xtallm_config(output_dir, config)
+        adapter = (output_dir / "adapter_config.json").exists()
+        save_xtallm_config(output_dir, config, base_identity(unwrapped.config, tokenizer) if adapter else None)
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
         write_loss_curve(output_dir, metrics.get("history", []), plot=True)
         write_model_card(output_dir, config, metrics)

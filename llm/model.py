@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
@@ -113,20 +114,46 @@ def count_parameters(model) -> tuple[int, int]:
 
 
 def portable_base_name(base: str) -> str | None:
-    """How a saved adapter should name a GGUF base (`smollm2`, the .gguf file), instead of this machine's
-    cache folder; None for any other base (named as loaded)."""
+    """How a saved adapter names its base so that the name means the same from any folder: a shipped
+    model by its name, a GGUF base by its short name or the .gguf file, a local folder by its absolute
+    path, a hub id as typed; None when the adapter has no pretrained base."""
     if base == "from_scratch":
         return None
+    if base == DEFAULT_MODEL or Path(base).expanduser().resolve() == (PRETRAINED_DIR / DEFAULT_MODEL).resolve():
+        return DEFAULT_MODEL
     from .gguf import SHORT_NAMES, find_gguf
 
     gguf = find_gguf(base)
-    if gguf is None:
-        return None
-    return base if base in SHORT_NAMES else str(gguf.resolve())
+    if gguf is not None:
+        return base if base in SHORT_NAMES else str(gguf.resolve())
+    path = Path(base).expanduser()
+    return str(path.resolve()) if path.exists() else base
+
+
+IDENTITY_KEYS = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
+
+
+def base_identity(config, tokenizer) -> dict[str, Any]:
+    """What an adapter needs of its base (architecture, sizes, the exact vocabulary), recorded with the
+    adapter so that a base is checked from any folder, whatever its path or name."""
+    import hashlib
+
+    vocab = sorted(tokenizer.get_vocab().items())
+    identity = {k: getattr(config, k, None) for k in IDENTITY_KEYS}
+    identity["architectures"] = list(getattr(config, "architectures", None) or [])
+    identity["vocab_sha256"] = hashlib.sha256(json.dumps(vocab).encode()).hexdigest()[:16]
+    return identity
+
+
+def model_identity(model: str) -> dict[str, Any]:
+    """`base_identity` of a model folder (config and tokenizer only: no weights are read)."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    return base_identity(AutoConfig.from_pretrained(model), AutoTokenizer.from_pretrained(model))
 
 
 def name_adapter_base(folder: str | Path, base: str) -> None:
-    """Rewrite a saved adapter's base_model_name_or_path to the portable name of a GGUF base."""
+    """Rewrite a saved adapter's base_model_name_or_path to its base's portable name."""
     name = portable_base_name(base)
     path = Path(folder, "adapter_config.json")
     if name is None or not path.exists():
@@ -136,8 +163,9 @@ def name_adapter_base(folder: str | Path, base: str) -> None:
     path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def save_xtallm_config(path: str | Path, config: FinetuneConfig) -> None:
-    """What a sampler needs to know about the model: text format, conditions, base."""
+def save_xtallm_config(path: str | Path, config: FinetuneConfig, identity: dict[str, Any] | None = None) -> None:
+    """What a sampler needs to know about the model: text format, conditions, base (and, for an adapter,
+    the base's identity)."""
     info = {
         "fmt": config.data.fmt,
         "conditions": config.data.conditions,
@@ -146,6 +174,8 @@ def save_xtallm_config(path: str | Path, config: FinetuneConfig) -> None:
         "method": config.model.method,
         "max_length": config.data.max_length,
     }
+    if identity is not None:
+        info["base_identity"] = identity
     Path(path, XTALLM_CONFIG).write_text(json.dumps(info, indent=2))
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -86,28 +87,39 @@ def adapter_base(adapter: str) -> str | None:
 
 
 def check_adapter_matches(model: str, adapter: str) -> None:
-    """Refuse an adapter trained on another architecture before any sampling starts.
+    """Refuse an adapter trained on another base before any engine starts.
 
-    The adapter's named base is looked up locally only (a shipped model by its name, a folder, or
-    the hub cache): it was not typed by the user, so it is never fetched. When it is nowhere
-    here, a warning says the check was skipped (shapes are still checked when the adapter loads)."""
+    An adapter records its base's identity (architecture, sizes, vocabulary hash): compared with the
+    model's own, from any folder, whatever either is called. An adapter from before that is checked
+    against its named base, looked up locally only (a shipped model by its name, a folder, or the hub
+    cache; never fetched, the user did not type it); when it is nowhere here, the check is skipped
+    and a line on stderr says so."""
     from transformers import AutoConfig
 
-    from .model import local_model
+    from .model import IDENTITY_KEYS, local_model, model_identity, read_xtallm_config
 
+    recorded = read_xtallm_config(adapter).get("base_identity") if Path(adapter).is_dir() else None
+    if recorded:
+        actual = model_identity(model)
+        diff = {k: (v, actual.get(k)) for k, v in recorded.items() if v != actual.get(k)}
+        if diff:
+            detail = ", ".join(f"{k}: adapter's base {a} vs model {b}" for k, (a, b) in diff.items())
+            raise ValueError(f"adapter {adapter} was trained on another base than model {model} ({detail})")
+        return
     base = adapter_base(adapter)
     if not base or os.path.abspath(base) == os.path.abspath(model) or base == model:
         return
-    local = local_model(base)
+    # a path relative to the clone it was trained in (adapters before portable names): a shipped model by its folder name
+    local = local_model(base) or local_model(Path(base).name)
     try:
         expected = AutoConfig.from_pretrained(local or base, local_files_only=True)
     except (OSError, ValueError):
-        warnings.warn(f"adapter {adapter} names base {base!r}, which is not available locally: the base check is skipped "
-                      "(the adapter's shapes are checked when it loads)", stacklevel=2)
+        print(f"adapter {adapter} names base {base!r}, which is not here and records no base identity: the base check is "
+              "skipped (the adapter's shapes are checked when the engine loads it)", file=sys.stderr)
         return
     actual = AutoConfig.from_pretrained(model, local_files_only=Path(model).exists())
-    keys = ("model_type", "hidden_size", "num_hidden_layers", "num_attention_heads", "vocab_size", "intermediate_size")
-    diff = {k: (getattr(expected, k, None), getattr(actual, k, None)) for k in keys if getattr(expected, k, None) != getattr(actual, k, None)}
+    diff = {k: (getattr(expected, k, None), getattr(actual, k, None)) for k in IDENTITY_KEYS
+            if getattr(expected, k, None) != getattr(actual, k, None)}
     if diff:
         detail = ", ".join(f"{k}: adapter's base {a} vs model {b}" for k, (a, b) in diff.items())
         raise ValueError(f"adapter {adapter} was trained on {base}, which does not match model {model} ({detail})")

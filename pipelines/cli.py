@@ -62,6 +62,12 @@ def _evaluate(args: argparse.Namespace) -> int:
     shown = ("n_samples", "parse_rate", "struct_validity", "comp_validity", "uniqueness", "novelty", "cov_recall", "cov_precision",
              "sg_jsd", "p1_rate", "stable_rate", "sun_rate")
     print(" ".join(f"{k}={result[k]:.4f}" if isinstance(result[k], float) else f"{k}={result[k]}" for k in shown))
+    inputs = result.get("inputs") or {}
+    _say_skipped(inputs.get("samples_skipped"), f"{args.out}/metrics.json")
+    if inputs.get("n_parsed_but_unreadable_cif"):
+        print(f"{inputs['n_parsed_but_unreadable_cif']} parsed samples have a CIF pymatgen cannot read (counted as unparsed)")
+    if inputs.get("reference_unreadable"):
+        print(f"{inputs['reference_unreadable']} of {inputs['reference_rows']} reference rows unreadable: left out of the reference")
     print(f"metrics.json and summary.md in {args.out}")
     return 0
 
@@ -70,8 +76,9 @@ def _hull_build(args: argparse.Namespace) -> int:
     from .evaluation.hull import HullJob, HullOptions, build_hull
 
     s = build_hull(HullJob(args.structures, args.out, with_flags(HullOptions(), args)))
-    print(f"{s['rows']} reference energies in {args.out} ({s['computed_now']} computed now, {s['failed_now']} failed, "
+    print(f"{s['rows']} reference energies in {args.out}/hull.csv ({s['computed_now']} computed now, {s['failed_now']} failed, "
           f"{s['skipped_done']} already there)")
+    _say_skipped(s.get("unreadable"), "the tables", unit="known structure")
     return 0
 
 
@@ -80,8 +87,19 @@ def _relax(args: argparse.Namespace) -> int:
 
     s = run_relax(RelaxJob(args.samples, args.out, with_flags(RelaxOptions(), args)))
     print(f"{s['chosen']} samples chosen: {s['relaxed_now']} relaxed now ({s['failed_now']} failed), "
-          f"{s['already_done']} already in {args.out}; {s['unreadable']} unreadable CIFs skipped")
+          f"{s['already_done']} already in {args.out}/relaxed.jsonl; {s['unreadable']} unreadable CIFs skipped")
+    _say_skipped(s.get("skipped_input"), "the input")
     return 0
+
+
+def _say_skipped(skipped: dict | None, where: str = "summary.json", unit: str = "input row") -> None:
+    """`1 input row skipped: rows.jsonl row 3 has no 'id'` (a ReadReport's summary): skips are never only in the files."""
+    n = (skipped or {}).get("n_skipped", 0)
+    if not n:
+        return
+    shown = "; ".join(f"{s['where']}: {s['reason']}" for s in skipped["skipped"][:3])
+    more = f" (+{n - 3} more, in {where})" if n > 3 else f" (in {where})"
+    print(f"{n} {unit}{'s' if n > 1 else ''} skipped: {shown}{more}")
 
 
 def _reasons(counts: dict[str, int]) -> str:
@@ -96,6 +114,7 @@ def _refine(args: argparse.Namespace) -> int:
     rate = f", {s['structures_per_s']:.1f} structures/s" if s["structures_per_s"] else ""
     print(f"{s['refined']} of {s['samples']} refined ({s['passed_through']} passed through){kept}{rate}; "
           f"{s['valid']} of {s['samples']} valid{_reasons(s['invalid_reasons'])} -> {args.out}/samples.jsonl")
+    _say_skipped(s.get("unreadable_input_rows"), f"{args.out}/summary.json")
     return 0
 
 
@@ -128,6 +147,7 @@ def _export(args: argparse.Namespace) -> int:
     relaxed = f", relaxed with {s['relaxed_with']}" if s["relaxed"] else ", as generated (not relaxed)"
     print(f"{s['n_structures']} structures from the first {s['samples_read']} samples ({s['samples_without_a_crystal']} without "
           f"a crystal){relaxed} -> {args.out}/structures.csv, {args.out}/cifs.zip")
+    _say_skipped(s.get("unreadable_sample_lines"), f"{args.out}/export.json")
     return 0
 
 

@@ -76,7 +76,7 @@ def export_lemat_genbench(samples: str, out: str, n: int = LEMAT_DEFAULT_N, rela
         "format": "lemat-genbench", "n_structures": len(chosen), "n_requested": n, "samples_read": read,
         "samples_without_a_crystal": no_crystal, "relaxed": bool(relaxed), "relaxed_with": mlff,
         "not_relaxed_in_relaxed_set": unrelaxed if relaxed else None, "source": str(samples),
-        "unreadable_sample_lines": len(report),
+        "unreadable_sample_lines": report.summary(),
         "note": "LeMat-GenBench scores stability with its own ORB+MACE+UMA ensemble (not available offline here); "
                 "upload structures.csv or cifs.zip in the leaderboard Space, problem type 'unconditional' for prompts without conditions",
     }

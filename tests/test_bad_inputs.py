@@ -248,9 +248,23 @@ def test_refine_row_without_id_is_reported_and_the_rest_refined(files, tmp_path,
     summary = json.loads((tmp_path / "r" / "summary.json").read_text())
     assert summary["refined"] == 1 and summary["unreadable_input_rows"]["n_skipped"] == 1
     assert "no 'id'" in summary["unreadable_input_rows"]["skipped"][0]["reason"]
+    out = capsys.readouterr().out  # the skip is on the console too, not only in the files (issue 27)
+    assert "1 input row skipped: noid.jsonl row" in out and "no 'id'" in out
 
 
-def test_evaluate_counts_torn_and_foreign_lines(files, tmp_path):
+def test_hull_build_counts_unreadable_known_structures(files, tmp_path):
+    import pandas as pd
+
+    from xtallm.pipelines.evaluation.hull import _known
+    from xtallm.pipelines.samples import ReadReport
+
+    pd.DataFrame({"cif": [NACL.to(fmt="cif"), "data_broken\n_cell_length_a 1\n"]}).to_csv(tmp_path / "known.csv", index=False)
+    report = ReadReport()
+    known = list(_known([str(tmp_path / "known.csv")], None, report=report))
+    assert len(known) == 1 and len(report) == 1 and report.skipped[0][0] == "known.csv line 3"
+
+
+def test_evaluate_counts_torn_and_foreign_lines(files, tmp_path, capsys):
     good = (files / "good.jsonl").read_text()
     path = tmp_path / "s.jsonl"
     path.write_text(good + "not json\n" + "[1, 2]\n" + good.replace('"g0"', '"g1"')[: len(good) // 2])
@@ -259,6 +273,7 @@ def test_evaluate_counts_torn_and_foreign_lines(files, tmp_path):
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
     assert metrics["n_samples"] == 1 and metrics["inputs"]["samples_skipped"]["n_skipped"] == 3
     assert "3 sample line(s) could not be read" in (tmp_path / "e" / "summary.md").read_text()
+    assert "3 input rows skipped: s.jsonl:2: not JSON" in capsys.readouterr().out
 
 
 @contextlib.contextmanager

@@ -23,6 +23,7 @@ from tqdm.auto import tqdm
 
 from xtallm.configs.recipe import option
 
+from ..samples import ReadReport
 from . import stability as S
 
 COLUMNS = ["id", "source", "formula", "n_atoms", "energy", "energy_per_atom", "energy_corrected",
@@ -58,8 +59,10 @@ class HullJob:
     options: HullOptions = field(default_factory=HullOptions)
 
 
-def _known(paths: list[str], limit: int | None, skip: set[str] = frozenset()) -> Iterator[tuple[str, str, Structure]]:
-    """(id, source, structure) of every readable known crystal; ids in `skip` are not parsed at all."""
+def _known(paths: list[str], limit: int | None, skip: set[str] = frozenset(),
+           report: ReadReport | None = None) -> Iterator[tuple[str, str, Structure]]:
+    """(id, source, structure) of every readable known crystal; ids in `skip` are not parsed at all, an
+    unreadable CIF is no reference (counted in `report`)."""
     from xtallm.tokenization.formats import parse_cif
 
     for path in paths:
@@ -81,8 +84,9 @@ def _known(paths: list[str], limit: int | None, skip: set[str] = frozenset()) ->
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore")
                     yield sid, sources.iloc[i] if sources is not None else Path(path).name, parse_cif(cif)
-            except ValueError:
-                continue  # an unreadable CIF is not a reference
+            except ValueError as exc:
+                if report is not None:
+                    report.add(f"{Path(path).name} line {i + 2}", f"unreadable CIF ({str(exc)[:80]})")
 
 
 def _done(out: Path) -> set[str]:
@@ -104,7 +108,8 @@ def build_hull(job: HullJob) -> dict:
         if used and used != {(o.mlff, S.MLFFS[o.mlff])}:
             raise S.MixedEnergyScalesError(f"{out} holds energies of {sorted(used)}; resuming it with {o.mlff} would mix potentials")
     done = _done(out)
-    todo = list(_known(job.structures, o.limit, skip=done))
+    report = ReadReport()
+    todo = list(_known(job.structures, o.limit, skip=done, report=report))
     if not todo and not done:
         raise ValueError(f"no readable structures in {job.structures}")
     if o.elements:
@@ -142,4 +147,4 @@ def build_hull(job: HullJob) -> dict:
             f.flush()
             os.fsync(f.fileno())
     total = len(pd.read_csv(out))
-    return {"rows": total, "computed_now": len(todo), "failed_now": failed, "skipped_done": len(done)}
+    return {"rows": total, "computed_now": len(todo), "failed_now": failed, "skipped_done": len(done), "unreadable": report.summary()}

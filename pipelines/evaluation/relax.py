@@ -171,7 +171,7 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
     o = job.options
     import numpy as np
 
-    from ..samples import JsonlWriter, load_samples
+    from ..samples import JsonlWriter, ReadReport, load_samples
 
     S.check_mlff(o.mlff)
     out = output_folder(job.out, RELAXED) / RELAXED
@@ -179,8 +179,8 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
     if used := {r.get("mlff") for r in previous.values()} - {o.mlff}:
         raise S.MixedEnergyScalesError(f"{out} holds relaxations with {sorted(used)}; not resuming it with {o.mlff}")
     readable: list[tuple[str, Structure, int]] = []
-    unreadable = 0
-    for sample in load_samples(job.samples):
+    unreadable, report = 0, ReadReport()
+    for sample in load_samples(job.samples, report):
         if not (sample.ok and sample.cif):
             continue
         structure = sample.structure()
@@ -200,7 +200,7 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
             writer.write([{"id": sid, "mlff": o.mlff, "max_steps": o.steps, **r.row(),
                            "engine": engine_for(o.engine, o.mlff, o.device), "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}])
     return {"chosen": len(readable), "relaxed_now": len(todo), "failed_now": failed,
-            "already_done": len(readable) - len(todo), "unreadable": unreadable}
+            "already_done": len(readable) - len(todo), "unreadable": unreadable, "skipped_input": report.summary()}
 
 
 def cached_relaxation(row: dict[str, Any]) -> S.Relaxation:

@@ -251,3 +251,28 @@ def test_vllm_compile_choice_reaches_the_engine(monkeypatch, choice, on_gpu, eag
     monkeypatch.setattr("xtallm.llm.reaper.watch", lambda: None)
     sampling.VllmSampler("m", None, SamplingOptions(vllm_compile=choice), max_model_len=64)
     assert seen.get("enforce_eager", False) is eager
+
+
+def test_an_adapter_is_checked_against_its_base_from_any_folder(base_model, adapter, tmp_path, monkeypatch, capsys):
+    """Issue 27: an adapter named its base by a path relative to the clone, so from another folder the check was
+    skipped without a word and vLLM died 31 s later; now the adapter carries its base's identity."""
+    import shutil
+
+    from xtallm.llm.model import default_model_path, model_identity, read_xtallm_config
+    from xtallm.llm.sampling import check_adapter_matches
+
+    recorded = read_xtallm_config(adapter)["base_identity"]
+    assert recorded == model_identity(str(base_model[0])) and len(recorded["vocab_sha256"]) == 16
+    moved = tmp_path / "moved-adapter"
+    shutil.copytree(adapter, moved)
+    config = json.loads((moved / "adapter_config.json").read_text())
+    config["base_model_name_or_path"] = "runs/some-clone/base"  # a path that means nothing here
+    (moved / "adapter_config.json").write_text(json.dumps(config))
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    check_adapter_matches(str(base_model[0]), str(moved))  # its own base, under any name: accepted
+    assert main(["sample", "--model", str(default_model_path()), "--adapter", str(moved), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "trained on another base" in err and "hidden_size" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "o" / "samples.jsonl").exists()
