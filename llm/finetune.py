@@ -20,6 +20,11 @@ from pathlib import Path
 from typing import Any
 
 
+from xtallm.configs.logs import quiet_third_party
+
+if __name__ == "__main__":  # before torch, transformers and bitsandbytes load: some of them warn on import
+    quiet_third_party("--verbose" in sys.argv)
+
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration
 from accelerate.utils import set_seed
@@ -39,6 +44,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="recipe YAML (configs/llm/*.yaml)")
     parser.add_argument("--push-to-hub", metavar="REPO_ID", default=None, help="publish the result to the Hub")
     parser.add_argument("--no-resume", action="store_true", help="ignore checkpoints in output_dir")
+    parser.add_argument("--verbose", action="store_true", help="third-party warnings and logs")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-4")
     return parser.parse_args(argv)
 
@@ -199,11 +205,14 @@ def _start(run: Run, resume: bool) -> None:
     accelerator, config = run.accelerator, run.config
     total, trainable = count_parameters(accelerator.unwrap_model(run.model))
     accelerator.init_trackers("xtallm", config={k: v for k, v in flat(config.to_dict()).items() if isinstance(v, (int, float, str, bool))})
-    dropped = run.train_set.examples.dropped if isinstance(run.train_set, PackedExamples) else run.train_set.dropped
+    packed = isinstance(run.train_set, PackedExamples)
+    texts = run.train_set.examples if packed else run.train_set
+    rows = f", packed into {len(run.train_set)} rows of <= {config.data.max_length} tokens" if packed else ""
     accelerator.print(
-        f"{total / 1e6:.1f}M parameters ({trainable / 1e6:.2f}M trainable), {len(run.train_set)} training examples "
-        f"({dropped} longer than {config.data.max_length} tokens dropped), {len(run.eval_set)} held out, {run.total_steps} steps on "
-        f"{accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}"
+        f"{total / 1e6:.1f}M parameters ({trainable / 1e6:.2f}M trainable); {len(texts)} training texts{rows} "
+        f"({texts.dropped} longer than {config.data.max_length} tokens dropped), {len(run.eval_set)} texts held out for the eval loss; "
+        f"{run.total_steps} steps on {accelerator.num_processes} process(es), mixed precision {accelerator.mixed_precision}; "
+        f"writing to {run.output_dir}"
     )
     run.metrics = {"parameters": total, "trainable_parameters": trainable, "train_examples": len(run.train_set),
                    "eval_examples": len(run.eval_set), "history": []}
@@ -270,6 +279,7 @@ def _loop(run: Run, stop_at: int, limit: TimeLimit) -> bool:
             bar.update(1)
             run.metrics["train_seconds_done"] = limit.elapsed  # checkpointed with the metrics: the time limit spans resumes
             logs = _after_step(run, stop_at, window)
+            _show(bar, logs)
             if limit.reached and progress.step < stop_at:  # out of time: the final model is what there is
                 if "eval_loss" not in logs:
                     logs = {"eval_loss": evaluate_loss(model, run.eval_loader, accelerator)}
@@ -283,6 +293,26 @@ def _loop(run: Run, stop_at: int, limit: TimeLimit) -> bool:
             progress.next_epoch()
     bar.close()
     return False
+
+
+def _show(bar, logs: dict) -> None:
+    """The latest losses and speed on the progress bar (each kept until a newer one comes)."""
+    names = {"train_loss": "loss", "eval_loss": "eval", "tokens_per_s": "tok/s", "sample_parse_rate": "parse"}
+    shown = {short: logs[key] for key, short in names.items() if logs.get(key) is not None}
+    if shown:
+        bar.postfix_values = {**getattr(bar, "postfix_values", {}), **shown}
+        bar.set_postfix({k: f"{v:.0f}" if k == "tok/s" else f"{v:.3g}" for k, v in bar.postfix_values.items()})
+
+
+def summary_line(metrics: dict, output_dir: Path) -> str:
+    """What a finished run says: eval loss before and after, its sample's parse rate, where it wrote."""
+    first, last = metrics.get("initial_eval_loss"), metrics.get("final_eval_loss")
+    loss = f"eval loss {first:.3f} -> {last:.3f}" if first is not None and last is not None else "no eval loss"
+    parse = metrics.get("final_sample_parse_rate")
+    parsed = f", {parse:.2f} of its samples parse" if parse is not None else ""
+    stopped = " (time limit reached)" if metrics.get("time_limit_reached") else ""
+    return (f"{metrics.get('steps')} steps in {metrics.get('train_seconds', 0):.0f} s{stopped}: {loss}{parsed} -> {output_dir} "
+            "(metrics.json, loss_curve.csv/.png, README.md)")
 
 
 def _schedule_by_time(run: Run, fraction: float) -> None:
@@ -315,6 +345,7 @@ def train(config: FinetuneConfig, resume: bool = True) -> dict:
     save_final(run.model, run.tokenizer, config, metrics, accelerator, run.output_dir)
     run.finish_partial()
     accelerator.end_training()
+    accelerator.print(summary_line(metrics, run.output_dir))
     return metrics
 
 

@@ -10,6 +10,7 @@ import logging
 import os
 import sys
 
+from xtallm.configs.logs import quiet_third_party
 from xtallm.configs.recipe import NUM_PROC_HELP, RecipeError, add_flags, with_flags
 
 
@@ -313,21 +314,6 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
 def _command(argv: list[str]) -> str | None:
     """The subcommand argv names (the first word that is one), or None."""
     return next((word for word in argv if word in COMMANDS), None)
-
-
-def quiet_third_party(verbose: bool) -> None:
-    """A user sees progress bars and a summary, not pages of INFO logs (`--verbose` brings them back)."""
-    if verbose:
-        return
-    import warnings
-
-    warnings.simplefilter("ignore")
-    os.environ.setdefault("PYTHONWARNINGS", "ignore")  # vLLM's engine and worker processes inherit it
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "ERROR")
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    for name in ("vllm", "transformers", "datasets", "accelerate", "torch", "matminer", "pymatgen"):
-        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def main(argv: list[str] | None = None) -> int:

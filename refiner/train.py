@@ -19,6 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+from xtallm.configs.logs import quiet_third_party
+
+if __name__ == "__main__":  # before torch, transformers and bitsandbytes load: some of them warn on import
+    quiet_third_party("--verbose" in sys.argv)
+
 import numpy as np
 import torch
 from accelerate import Accelerator
@@ -254,6 +259,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", required=True, help="recipe YAML (configs/refiner/*.yaml)")
     parser.add_argument("--build-data", metavar="OUT.npz", default=None, help="only encode data.train into an arrays file and exit")
     parser.add_argument("--no-resume", action="store_true")
+    parser.add_argument("--verbose", action="store_true", help="third-party warnings and logs")
     parser.add_argument("overrides", nargs="*", help="section.key=value, e.g. train.lr=1e-4")
     args = parser.parse_intermixed_args(argv)  # overrides may come before and after flags
     return run_entry_point("refiner/train.py", _main, args)

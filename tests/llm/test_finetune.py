@@ -229,3 +229,20 @@ def test_recipes_with_different_precisions_in_one_process(tmp_path):
     second = train(tiny(tmp_path / "b", *common, "train.mixed_precision=bf16"))
     assert first["steps"] == second["steps"] == 2
     assert json.loads((tmp_path / "b" / "metrics.json").read_text())["steps"] == 2
+
+
+def test_a_run_says_where_it_writes_and_how_it_went_without_third_party_noise(tmp_path):
+    """Issue 27: fine-tuning printed no loss and no output folder, and every run printed bitsandbytes' `kernels`
+    notice (and vLLM's Triton/NUMA lines); now a bar with the losses, a closing summary, and quiet imports."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(REPO / "llm" / "finetune.py"), "--config", str(TINY), f"train.output_dir={out}",
+           "train.max_steps=2", "train.eval_every=2", "train.sample_every=2", "train.sample_n=2", "train.log_every=1"]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=REPO)
+    assert run.returncode == 0, run.stderr[-2000:]
+    console = run.stdout + run.stderr
+    assert f"writing to {out}" in console and "training texts" in console
+    assert "loss=" in console and "eval=" in console and "tok/s=" in console  # the progress bar's postfix
+    assert "2 steps in" in console and "eval loss" in console and f"-> {out}" in console
+    assert "kernels" not in console and "Triton" not in console and "Warning" not in console
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert f"{metrics['initial_eval_loss']:.3f} -> {metrics['final_eval_loss']:.3f}" in console
