@@ -83,6 +83,11 @@ class CrystalExamples(torch.utils.data.Dataset):
         self.index = [i for i, n in enumerate(lengths) if n <= cfg.max_length]
         self.lengths = [lengths[i] for i in self.index]
         self.dropped = len(lengths) - len(self.index)
+        names = rows.column_names if hasattr(rows, "column_names") else list(rows)
+        dims = rows["dim"] if "dim" in names else [json.loads(c).get("dim") for c in rows["conditions"]]
+        # what the kept examples hold (the model card reports this, not the recipe's wishes)
+        self.trained_on = {"dims": sorted({int(dims[i]) for i in self.index if dims[i] is not None}),
+                           "conditions": sorted({k for i in self.index for k in self.conditions[i]}), "examples": len(self.index)}
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -152,11 +157,17 @@ class PretokenizedExamples(torch.utils.data.Dataset):
                 raise ValueError(f"{source}: offsets/prompt_len do not match {n} examples x {k} variants")
             self.parts.append((ids, offsets, prompt_len, k, n))
         self.index = [(p, i) for p, part in enumerate(self.parts) for i in range(part[4])]
+        metas = [json.loads(Path(source, PRETOKENIZED_META).read_text()) for source in sources]
+        dims = sorted({int(d) for m in metas for d in m.get("dims", [])})
+        conditions = sorted({c for m in metas for c in m.get("conditions", [])})
+        self.trained_on = {"dims": dims, "conditions": conditions, "examples": len(self.index)} if dims else None
         self.lengths = [int(self.parts[p][1][i * self.parts[p][3] + 1] - self.parts[p][1][i * self.parts[p][3]]) for p, i in self.index]
         keep = [j for j, n in enumerate(self.lengths) if n <= max_length]
         self.dropped = len(self.index) - len(keep)
         self.index = [self.index[j] for j in keep]
         self.lengths = [self.lengths[j] for j in keep]
+        if self.trained_on:
+            self.trained_on["examples"] = len(self.index)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

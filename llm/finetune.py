@@ -216,6 +216,8 @@ def _start(run: Run, resume: bool) -> None:
     )
     run.metrics = {"parameters": total, "trainable_parameters": trainable, "train_examples": len(run.train_set),
                    "eval_examples": len(run.eval_set), "history": []}
+    if getattr(texts, "trained_on", None):  # dims and conditions the examples hold: the model card says these
+        run.metrics["trained_on"] = texts.trained_on
     run.resume(resume)  # restores the model, optimizer, schedule, RNG, position and the metrics so far
     if run.progress.step == 0:
         run.metrics["initial_eval_loss"] = evaluate_loss(run.model, run.eval_loader, accelerator)

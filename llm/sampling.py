@@ -125,7 +125,7 @@ def check_adapter_matches(model: str, adapter: str) -> None:
         raise ValueError(f"adapter {adapter} was trained on {base}, which does not match model {model} ({detail})")
 
 
-def _adapter_rank(adapter: str) -> int:
+def adapter_rank(adapter: str) -> int:
     path = Path(adapter, "adapter_config.json")
     return int(json.loads(path.read_text()).get("r", 8)) if path.exists() else 8
 
@@ -156,7 +156,7 @@ class VllmSampler:
         if options.vllm_compile == "no" or (options.vllm_compile == "auto" and not _on_gpu()):
             kwargs["enforce_eager"] = True
         if adapters:
-            kwargs.update(enable_lora=True, max_loras=len(adapters), max_lora_rank=max([_adapter_rank(a) for a in adapters] + [8]))
+            kwargs.update(enable_lora=True, max_loras=len(adapters), max_lora_rank=max([adapter_rank(a) for a in adapters] + [8]))
         kwargs.update(options.extra)
         from .reaper import watch
 

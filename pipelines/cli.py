@@ -141,6 +141,20 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import ServeJob, ServeOptions, serve
+
+    return serve(ServeJob(with_flags(ServeOptions(), args), args.adapter or []))
+
+
+def _push(args: argparse.Namespace) -> int:
+    from xtallm.llm.card import push_to_hub
+
+    url = push_to_hub(args.folder, args.repo_id, private=args.private)
+    print(f"{args.folder} -> {url} ({'private' if args.private else 'public'})")
+    return 0
+
+
 def _export(args: argparse.Namespace) -> int:
     from .export import export
 
@@ -262,6 +276,24 @@ def _add_refine(sub) -> None:
     r.set_defaults(func=_refine)
 
 
+def _add_serve(sub) -> None:
+    from .serve import ServeOptions
+
+    v = sub.add_parser("serve", help=COMMANDS["serve"])
+    add_flags(v, ServeOptions)
+    v.add_argument("--adapter", action="append", default=None, metavar="NAME=PATH",
+                   help="LoRA adapter served as NAME (folder, shipped name or hub id; repeatable)")
+    v.set_defaults(func=_serve)
+
+
+def _add_push(sub) -> None:
+    p = sub.add_parser("push", help=COMMANDS["push"])
+    p.add_argument("folder", help="a model or adapter folder xtallm wrote (its README.md is the model card)")
+    p.add_argument("--repo-id", required=True, help="owner/name on the Hub (created when missing)")
+    p.add_argument("--private", action="store_true", help="a private repository (default: public)")
+    p.set_defaults(func=_push)
+
+
 def _add_export(sub) -> None:
     xp = sub.add_parser("export", help=COMMANDS["export"])
     xp.add_argument("samples", help="samples.jsonl or a folder of CIFs")
@@ -291,11 +323,13 @@ COMMANDS = {
     "relax": "MLFF relaxations of samples in parallel workers (relaxed.jsonl, resumable)",
     "hull": "reference convex hull from MLFF energies of known crystals",
     "refine": "refine sampled crystals with the symmetry-exact diffusion refiner",
+    "serve": "an OpenAI-compatible vLLM server for a model and its LoRA adapters (for `sample --backend server`)",
+    "push": "publish a model or adapter folder to the Hugging Face Hub (its card checked first)",
     "export": "samples in another benchmark's submission format (LeMat-GenBench)",
     "demo": "encode/decode the embedded example crystals (bulk + monolayers)",
 }
 BUILDERS = {"generate": _add_generate, "data": _add_data, "sample": _add_sample, "evaluate": _add_evaluate, "relax": _add_relax,
-            "hull": _add_hull, "refine": _add_refine, "export": _add_export, "demo": _add_demo}
+            "hull": _add_hull, "refine": _add_refine, "serve": _add_serve, "push": _add_push, "export": _add_export, "demo": _add_demo}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

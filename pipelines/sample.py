@@ -30,12 +30,15 @@ from .samples import FIELDS, Sample, SampleWriter, decode_sample, read_cif, read
 REDRAW_SEED_STEP = 7919  # seed of draw k: the request's seed + k * this (resumable: the same draws again)
 
 
+MODEL_HELP = ("model folder, hub id, GGUF file (or a folder holding one) or `smollm2` (converted once into the cache; "
+              "default: the embedded xtallm crystal LM)")
+
+
 @dataclass
 class SampleOptions(SamplingOptions):
     """Everything `xtallm sample` (and the sample stage of `xtallm generate`) takes, declared once."""
 
-    model: str | None = option(None, "model folder, hub id, GGUF file (or a folder holding one) or `smollm2` "
-                                       "(converted once into the cache; default: the embedded xtallm crystal LM)")
+    model: str | None = option(None, MODEL_HELP)
     adapter: str | None = option(None, "LoRA adapter folder or hub id, or layer_group for the shipped adapter")
     backend: str = option("vllm", "sampling backend", choices=tuple(SAMPLERS))
     constrained: bool = option(True, "grammar-constrained decoding: every sample parses and honours sg/lg/elements/formula "

