@@ -227,3 +227,28 @@ def test_big_formula_bucket_filter_is_exact():
     brute = [any(index.matcher.fit(s, r) for r in refs) for s in samples]
     assert [index.contains(s) for s in samples] == brute
     assert all(brute[: len(copies)])  # every perturbed copy is found
+
+
+def test_summary_never_contradicts_the_metrics(tmp_path):
+    """Issue 27: metrics.json held formation_energy_conditioning (n 3, MAE 1.646) while summary.md said
+    `no property predictor for formation_energy: not evaluated`."""
+    from types import SimpleNamespace
+
+    from xtallm.pipelines.evaluation.report import write_report
+    from xtallm.pipelines.evaluation.suite import conditions, property_conditioning
+
+    samples = [SimpleNamespace(conditions={"formation_energy": -1.0 - i}) for i in range(3)]
+    details = [{"index": i, "formation_energy_per_atom": -1.5} for i in range(3)]
+    ctx = SimpleNamespace(samples=samples, structures=[None] * 3, groups=[None] * 3, not_computed={},
+                          result={"_stability_details": details}, stability=SimpleNamespace(mlff="sevennet"))
+    result = {**conditions(ctx), **property_conditioning(ctx)}
+    assert "conditional_accuracy" not in ctx.not_computed  # formation energy was judged
+    fe = result["formation_energy_conditioning"]
+    assert fe["n_scored"] == 3 and abs(fe["mae"] - (0.5 + 0.5 + 1.5) / 3) < 1e-9
+    ctx.samples.append(SimpleNamespace(conditions={"band_gap": 2.0}))
+    property_conditioning(ctx)
+    assert ctx.not_computed["conditional_accuracy"] == "no property predictor for band_gap: not evaluated"
+    write_report({"n_samples": 4, **result, "not_computed": ctx.not_computed}, tmp_path)
+    summary = (tmp_path / "summary.md").read_text()
+    assert "`formation_energy` requested vs achieved: MAE (eV/atom) | 0.8333 (of 3 relaxed" in summary
+    assert "formation_energy: not evaluated" not in summary and "band_gap: not evaluated" in summary

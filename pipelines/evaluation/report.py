@@ -86,6 +86,9 @@ def write_report(result: dict[str, Any], out: str | Path) -> None:
         lines.append(f"| {key} | {text} |")
     for key, acc in (result.get("conditional_accuracy") or {}).items():
         lines.append(f"| condition `{key}` honoured | {acc['rate']:.4f} (of {acc['n']} parsed) |")
+    if fe := result.get("formation_energy_conditioning"):
+        lines.append(f"| `formation_energy` requested vs achieved: MAE (eV/atom) | {fe['mae']:.4f} (of {fe['n_scored']} relaxed, "
+                     f"{fe['n_requested']} requested; within 0.1: {fe['within_0.1']:.4f}; achieved = {fe['achieved_by']}) |")
     if result.get("by_dim"):
         split = result["by_dim"]
         keys = [k for k in split["bulk"] if k in split["2d"]]

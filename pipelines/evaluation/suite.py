@@ -196,11 +196,13 @@ def property_conditioning(ctx: EvalContext) -> dict[str, Any]:
     asked = sum("formation_energy" in s.conditions for s in ctx.samples)
     if not asked:
         return {}
+    # formation energy is judged here: the note `conditions` left must not name it (summary.md said "not evaluated"
+    # beside a formation_energy_conditioning result)
     unjudged = sorted({k for s in ctx.samples for k in s.conditions if k in PROPERTY_CONDITIONS and k != "formation_energy"})
-    ctx.not_computed["conditional_accuracy"] = (f"no property predictor for {', '.join(unjudged)}: not evaluated" if unjudged else
-                                                ctx.not_computed.get("conditional_accuracy", ""))
-    if not ctx.not_computed["conditional_accuracy"]:
-        del ctx.not_computed["conditional_accuracy"]
+    if unjudged:
+        ctx.not_computed["conditional_accuracy"] = f"no property predictor for {', '.join(unjudged)}: not evaluated"
+    else:
+        ctx.not_computed.pop("conditional_accuracy", None)
     if not pairs:
         ctx.not_computed["formation_energy_conditioning"] = "no relaxed sample with a formation_energy request (give --hull)"
         return {}
