@@ -182,6 +182,28 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
+def recipe_data_hint(recipe: str | Path | None) -> str:
+    """The recipe's `# data:` header lines: how to make the data it names (one place a user looks)."""
+    if recipe is None or not Path(recipe).is_file():
+        return ""
+    return " ".join(line.split(":", 1)[1].strip() for line in Path(recipe).read_text().splitlines() if line.startswith("# data:"))
+
+
+def check_data_paths(paths: list[str], recipe: str | Path | None) -> None:
+    """Refuse, before any work, local data a recipe names that is not here, saying how to make it."""
+    for path in paths:
+        text = str(path)
+        if "://" in text or not ("/" in text or "\\" in text) or Path(text).expanduser().exists():
+            continue
+        parts = text.split("/")
+        if len(parts) == 2 and not text.startswith((".", "~", "/")) and not Path(parts[0]).exists():
+            continue  # a hub dataset id (owner/name): loaded when training starts
+        hint = recipe_data_hint(recipe) or ("make a dataset folder with `xtallm data prepare TABLE --out FOLDER` and pass "
+                                            "data.train=[FOLDER]")
+        where = f" (run from {Path.cwd()})" if not Path(text).is_absolute() else ""
+        raise FileNotFoundError(f"data {text}: no such file or folder{where}; {hint}")
+
+
 def load_recipe(cls: type, path: str | Path | None, overrides: list[str] | None = None):
     """Any recipe dataclass from YAML + `section.key=value` overrides (values parsed as YAML: 1e-4, true, [a, b])."""
     tree: dict[str, Any] = read_yaml(path) if path is not None else {}

@@ -31,6 +31,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from xtallm.configs.recipe import check_data_paths
 from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, fresh_accelerator, mixed_precision, run_entry_point
 from xtallm.llm.card import write_model_card
 from xtallm.llm.config import FinetuneConfig, load_config
@@ -363,6 +364,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_config(args.config, args.overrides)
+    check_data_paths([*config.data.train, *config.data.eval], args.config)
     if args.push_to_hub:
         config.hub.push_to_hub = args.push_to_hub
     metrics = train(config, resume=not args.no_resume)

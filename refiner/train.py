@@ -31,6 +31,7 @@ from accelerate.utils import set_seed
 from tqdm.auto import tqdm
 from transformers import get_cosine_with_min_lr_schedule_with_warmup
 
+from xtallm.configs.recipe import check_data_paths
 from xtallm.configs.training import Progress, RecipeRun, TimeLimit, flat, fresh_accelerator, mixed_precision, run_entry_point
 from xtallm.refiner.checkpoint import load_refiner, save_refiner
 from xtallm.refiner.config import RefinerConfig, load_refiner_config
@@ -267,6 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _main(args: argparse.Namespace) -> int:
     config = load_refiner_config(args.config, args.overrides)
+    check_data_paths([*config.data.train, *config.data.exclude], args.config)
     if args.build_data:
         crystals, ids = load_training_arrays(config)
         save_arrays(args.build_data, crystals, ids)

@@ -215,9 +215,16 @@ SCRIPT_CASES = [
     ("llm/finetune.py", ["--config", str(TINY_LLM), "data.train=[/nonexistent/train.csv]"], "/nonexistent/train.csv"),
     ("llm/finetune.py", ["--config", str(TINY_LLM), "model.base=/nonexistent/base", "model.method=lora"], "/nonexistent/base"),
     ("llm/finetune.py", ["--config", "{bad}"], "not valid YAML"),
+    # a recipe whose data a clone does not have says how to make it (issue 27)
+    ("llm/finetune.py", ["--config", str(REPO / "configs/llm/xtallm_lg_lora.yaml"), "data.train=[.devdata-not-here/lora_lg_train]"],
+     "python -m xtallm.pipelines.training_data build"),
+    ("llm/finetune.py", ["--config", str(REPO / "configs/llm/crystal_lm_small.yaml"), "data.train=[../not-here/mp20/val.csv.xz]"],
+     "xtallm data prepare TABLE --out FOLDER"),
     ("refiner/train.py", ["--config", "{folder}/missing.yaml"], "no such file"),
     ("refiner/train.py", ["--config", str(TINY_REFINER), "train.nope=1"], "unknown setting"),
     ("refiner/train.py", ["--config", str(TINY_REFINER), "data.train=[/nonexistent/r.csv]"], "/nonexistent/r.csv"),
+    ("refiner/train.py", ["--config", str(REPO / "configs/refiner/default.yaml"), "data.train=[../not-here/val.csv.xz]"],
+     "xtallm data prepare TABLE --out FOLDER"),
 ]
 
 

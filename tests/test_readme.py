@@ -90,3 +90,19 @@ def test_data_prepare_runs_as_shown_from_another_folder(tmp_path):
     run = subprocess.run([*xtallm, *argv], capture_output=True, text=True, timeout=600, cwd=tmp_path)
     assert run.returncode == 0 and "rows encoded" in run.stdout, run.stderr[-1500:]
     assert (tmp_path / "data" / "mp20_val" / "dataset_info.json").exists()
+
+
+@pytest.mark.slow
+def test_a_recipe_trains_on_the_shipped_examples_as_shown(tmp_path):
+    """The README's fresh-clone fine-tuning block, with 2 steps instead of 20, run from another folder."""
+    block = next(b for b in blocks("bash") if "data.train=[data/examples]" in b)
+    prepare, finetune = [shlex.split(line) for line in block.strip().splitlines()]
+    for argv in (prepare, finetune):
+        argv = [str(REPO / w) if (REPO / w).is_file() else w for w in argv]  # the repo's files, the user's folder
+        argv = [w.replace("train.max_steps=20", "train.max_steps=2") for w in argv]
+        argv = [sys.executable, "-m", "xtallm.pipelines.cli", *argv[1:]] if argv[0] == "xtallm" else [sys.executable, *argv[1:]]
+        quick = ["train.sample_every=0", "train.eval_every=2", "train.batch_size=8"] if "finetune" in argv[1] else []
+        run = subprocess.run([*argv, *quick],
+                             capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert run.returncode == 0, run.stderr[-2000:]
+    assert (tmp_path / "runs" / "try" / "metrics.json").exists() and "2 steps in" in run.stdout
