@@ -98,7 +98,8 @@ def _say_skipped(skipped: dict | None, where: str = "summary.json", unit: str = 
     n = (skipped or {}).get("n_skipped", 0)
     if not n:
         return
-    shown = "; ".join(f"{s['where']}: {s['reason']}" for s in skipped["skipped"][:3])
+    shown = "; ".join(s["reason"] if s["reason"].startswith(s["where"]) else f"{s['where']}: {s['reason']}"
+                      for s in skipped["skipped"][:3])
     more = f" (+{n - 3} more, in {where})" if n > 3 else f" (in {where})"
     print(f"{n} {unit}{'s' if n > 1 else ''} skipped: {shown}{more}")
 
@@ -112,7 +113,7 @@ def _refine(args: argparse.Namespace) -> int:
 
     s = run_refine(RefineJob(args.samples, args.out, with_flags(RefineSettings(), args)))
     kept = f", group kept {s['group_kept_rate']:.3f}" if s["group_kept_rate"] is not None else ""
-    rate = f", {s['structures_per_s']:.1f} structures/s" if s["structures_per_s"] else ""
+    rate = f", {s['structures_per_s']:.2g} structures/s" if s["structures_per_s"] else ""
     print(f"{s['refined']} of {s['samples']} refined ({s['passed_through']} passed through){kept}{rate}; "
           f"{s['valid']} of {s['samples']} valid{_reasons(s['invalid_reasons'])} -> {args.out}/samples.jsonl")
     _say_skipped(s.get("unreadable_input_rows"), f"{args.out}/summary.json")

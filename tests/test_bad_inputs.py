@@ -258,7 +258,7 @@ def test_refine_row_without_id_is_reported_and_the_rest_refined(files, tmp_path,
     assert summary["refined"] == 1 and summary["unreadable_input_rows"]["n_skipped"] == 1
     assert "no 'id'" in summary["unreadable_input_rows"]["skipped"][0]["reason"]
     out = capsys.readouterr().out  # the skip is on the console too, not only in the files (issue 27)
-    assert "1 input row skipped: noid.jsonl row" in out and "no 'id'" in out
+    assert "1 input row skipped: noid.jsonl row 1: no 'id'" in out and out.count("noid.jsonl row") == 1
 
 
 def test_hull_build_counts_unreadable_known_structures(files, tmp_path):
