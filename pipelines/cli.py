@@ -148,6 +148,19 @@ def _serve(args: argparse.Namespace) -> int:
     return serve(ServeJob(with_flags(ServeOptions(), args), args.adapter or []))
 
 
+def _improve(args: argparse.Namespace) -> int:
+    from .improve import ImproveJob, load_improve_config, run_improve
+
+    config = load_improve_config(args.config, list(args.set))
+    s = run_improve(ImproveJob(args.out, config, args.model, args.adapter, args.config))
+    print("model  metastable  valid(in group)  unique(valid)  novel(valid)")
+    for row in s["table"]:
+        cells = [row.get(k) for k in ("metastable_rate", "valid_in_group", "uniqueness_valid", "novelty_valid")]
+        print(f"{row['model']:5d}  " + "  ".join("    -     " if v is None else f"{v:10.3f}" for v in cells))
+    print(f"{s['rounds']} rounds -> {args.out}/rounds.json, rounds.png; final adapter {s['final_adapter']}")
+    return 0
+
+
 def _push(args: argparse.Namespace) -> int:
     from xtallm.llm.card import push_to_hub
 
@@ -193,7 +206,7 @@ def _add_generate(sub) -> None:
 
     g = sub.add_parser("generate", help=COMMANDS["generate"])
     _prompt_flags(g)
-    g.add_argument("--config", default=None, help="pipeline recipe YAML (default: the shipped configs/pipeline/default.yaml)")
+    g.add_argument("--config", default=None, help="pipeline recipe YAML, e.g. configs/pipeline/monolayers.yaml (default: this command's shipped recipe)")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any recipe setting, e.g. sample.top_k=40")
     defaults = load_generate_config(None)
     add_flags(g.add_argument_group("sample stage (any `xtallm sample` flag)"), SampleOptions, "sample_", defaults=defaults.sample)
@@ -287,6 +300,18 @@ def _add_serve(sub) -> None:
     v.set_defaults(func=_serve)
 
 
+def _add_improve(sub) -> None:
+    from .sample import MODEL_HELP
+
+    i = sub.add_parser("improve", help=COMMANDS["improve"])
+    i.add_argument("--model", default=None, help=MODEL_HELP)
+    i.add_argument("--adapter", default=None, help="a LoRA adapter of --model to improve further (default: a new one)")
+    i.add_argument("--config", default=None, help="improve recipe YAML, e.g. configs/improve/tiny_test.yaml (default: this command's shipped recipe)")
+    i.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any recipe setting, e.g. rounds.rounds=5")
+    i.add_argument("--out", required=True, help="output folder (round_K/..., rounds.json, rounds.png; a rerun resumes)")
+    i.set_defaults(func=_improve)
+
+
 def _add_push(sub) -> None:
     p = sub.add_parser("push", help=COMMANDS["push"])
     p.add_argument("folder", help="a model or adapter folder xtallm wrote (its README.md is the model card)")
@@ -325,12 +350,13 @@ COMMANDS = {
     "hull": "reference convex hull from MLFF energies of known crystals",
     "refine": "refine sampled crystals with the symmetry-exact diffusion refiner",
     "serve": "an OpenAI-compatible vLLM server for a model and its LoRA adapters (for `sample --backend server`)",
+    "improve": "preference fine-tuning rounds (DPO) against a stability reward, built against mode collapse",
     "push": "publish a model or adapter folder to the Hugging Face Hub (its card checked first)",
     "export": "samples in another benchmark's submission format (LeMat-GenBench)",
     "demo": "encode/decode the embedded example crystals (bulk + monolayers)",
 }
 BUILDERS = {"generate": _add_generate, "data": _add_data, "sample": _add_sample, "evaluate": _add_evaluate, "relax": _add_relax,
-            "hull": _add_hull, "refine": _add_refine, "serve": _add_serve, "push": _add_push, "export": _add_export, "demo": _add_demo}
+            "hull": _add_hull, "refine": _add_refine, "serve": _add_serve, "improve": _add_improve, "push": _add_push, "export": _add_export, "demo": _add_demo}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:

@@ -1,0 +1,466 @@
+"""`xtallm improve`: rounds of preference fine-tuning against a stability reward, built against mode collapse.
+
+    xtallm improve --model M [--adapter A] --config configs/improve/default.yaml --out DIR
+
+Each round: sample (the model as it stands; unconditional and `sg=` prompts) -> refine (the shipped
+refiner, as `xtallm generate` does) -> score -> preference pairs (llm/preference.py) -> train (trl's
+DPOTrainer on a LoRA adapter; its reference is the adapter switched off, i.e. the start model: the KL
+anchor of beta) -> the next round samples the new adapter. A last sampling scores the final adapter,
+so DIR/rounds.json holds one row per model: the start model and one after each round.
+
+Score of a sample (in this order): no crystal < not valid (the refiner's re-check: 0.5 Å, the
+per-pair rule, SMACT) or not in the group its prompt asked for < valid < metastable; within valid
+crystals a lower energy above the hull (by `pairs.energy_margin`) is better. Energies use the hull's
+own potential and correction (SevenNet-0, MP2020) against the shipped hull: single points of the
+refined crystals (`score.relax_steps: 0`), or a short capped FIRE relaxation (`score.relax_steps: N`).
+A single point over-estimates e_hull (the crystal is not at the potential's minimum), so its rates
+are lower bounds and its ranking only a proxy of the relaxed one. Novelty (optional training table)
+decides between metastable samples from `pairs.novel_from_round`.
+
+Everything resumes: each phase of a round writes its files and a finished phase is skipped; sampling,
+refinement and scoring resume inside the phase by sample id; training resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import random
+import time
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from xtallm.configs.recipe import load_recipe, option, save_recipe
+from xtallm.llm.preference import TIERS, PairOptions, Scored, build_pairs
+
+from .refine import RefineSettings
+from .sample import SampleOptions
+
+DEFAULT_HULL = "configs/data/hull_sevennet_v1.csv.xz"
+
+
+@dataclass
+class RoundOptions:
+    rounds: int = option(3, "preference rounds")
+    samples: int = option(1000, "samples a round (all prompts together)")
+    conditional_share: float = option(0.5, "share of the samples drawn from `sg=` prompts (the rest: `dim=3`)")
+    groups_from: str = option("configs/data/mp20-heldout-v1.csv", "table whose `group` column gives the sg= prompts")
+    temperature_start: float = option(1.0, "sampling temperature of round 1")
+    temperature_end: float = option(1.2, "sampling temperature of the last round (raised against collapse)")
+
+
+@dataclass
+class ScoreOptions:
+    hull: str = option(DEFAULT_HULL, "reference hull (`xtallm hull build` output) the reward is measured against")
+    metastable: float = option(0.1, "eV/atom above the hull counted as metastable")
+    relax_steps: int = option(0, "FIRE steps of a capped relaxation before the energy (0: a single point)")
+    novelty_reference: str | None = option(None, "training table (cif column): novel = no StructureMatcher match there")
+    device: str | None = option(None, "MLFF device (default: a GPU when present)")
+
+
+@dataclass
+class TrainOptions:
+    beta: float = option(0.1, "DPO's beta: the KL anchor to the start model (the adapter switched off)")
+    lr: float = option(5e-5, "learning rate")
+    epochs: float = option(1.0, "passes over a round's pairs")
+    batch_size: int = option(8, "pairs per step")
+    grad_accum: int = option(1, "steps per optimizer update")
+    max_length: int = option(640, "tokens of prompt + completion at most")
+    lora_r: int = option(16, "LoRA rank of a new adapter (an adapter given with --adapter keeps its own)")
+    lora_alpha: int = option(32, "LoRA alpha of a new adapter")
+    save_steps: int = option(50, "checkpoint every N optimizer steps (a killed round resumes from the last)")
+    bf16: bool = option(False, "bf16 autocast (CPU: off unless measured faster)")
+    seed: int = option(0, "seed of the trainer")
+
+
+@dataclass
+class ImproveConfig:
+    rounds: RoundOptions = field(default_factory=RoundOptions)
+    sample: SampleOptions = field(default_factory=lambda: SampleOptions(redraws=0, max_tokens=768))
+    refine: RefineSettings = field(default_factory=lambda: RefineSettings(steps=50))
+    score: ScoreOptions = field(default_factory=ScoreOptions)
+    pairs: PairOptions = field(default_factory=PairOptions)
+    train: TrainOptions = field(default_factory=TrainOptions)
+
+    def check(self) -> None:
+        r = self.rounds
+        if r.rounds < 1 or r.samples < 2 or not 0 <= r.conditional_share <= 1:
+            raise ValueError("rounds.rounds >= 1, rounds.samples >= 2 and 0 <= rounds.conditional_share <= 1")
+        if self.train.beta <= 0 or self.train.lr <= 0 or self.train.batch_size < 1:
+            raise ValueError("train.beta, train.lr > 0 and train.batch_size >= 1")
+
+
+def shipped_file(path: str) -> str:
+    """A path as given, or (`configs/...` not found from here) the file shipped inside the installed package."""
+    if Path(path).exists() or not path.startswith("configs/"):
+        return path
+    from xtallm.configs.recipe import shipped
+
+    return str(shipped(path[len("configs/"):]))
+
+
+def load_improve_config(path: str | Path | None, overrides: list[str] | None = None) -> ImproveConfig:
+    from xtallm.configs.recipe import shipped
+
+    config = load_recipe(ImproveConfig, path if path is not None else shipped("improve/default.yaml"), overrides)
+    config.check()
+    return config
+
+
+# ------------------------------------------------------------------------------------------------ prompts
+
+
+def round_prompts(config: ImproveConfig, round_index: int, folder: Path) -> Path:
+    """conditions.csv of a round: `dim=3` rows and `dim=3 sg=N` rows (N drawn from the groups table), one sample each."""
+    import pandas as pd
+
+    r = config.rounds
+    path = folder / "conditions.csv"
+    if path.exists():
+        return path
+    n_conditional = round(r.samples * r.conditional_share)
+    groups = sorted({int(g) for g in pd.read_csv(shipped_file(r.groups_from))["group"] if 1 <= int(g) <= 230}) if n_conditional else []
+    rng = random.Random(1000 * config.train.seed + round_index)
+    rows = [{"dim": 3, "sg": ""} for _ in range(r.samples - n_conditional)]
+    rows += [{"dim": 3, "sg": rng.choice(groups)} for _ in range(n_conditional)]
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=["dim", "sg"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
+
+
+def temperature(config: ImproveConfig, model_index: int) -> float:
+    """Round 1 samples at temperature_start, the final model at temperature_end (linear in between)."""
+    r = config.rounds
+    return r.temperature_start + (r.temperature_end - r.temperature_start) * min(model_index, r.rounds) / r.rounds
+
+
+# ------------------------------------------------------------------------------------------------ scoring
+
+
+class Scorer:
+    """Tier, e_above_hull and novelty of refined samples (the MLFF and the hull loaded once)."""
+
+    def __init__(self, options: ScoreOptions):
+        from .evaluation import stability as S
+
+        self.options = options
+        self.hull = S.Hull(shipped_file(options.hull))
+        self.calculator = S.load_calculator(self.hull.mlff, options.device)
+        self._reference: dict[str, list] | None = None
+
+    def _novel(self, structure) -> bool | None:
+        if self.options.novelty_reference is None:
+            return None
+        if self._reference is None:
+            import pandas as pd
+
+            from .evaluation.context import cif_column
+            from .samples import read_cif
+
+            table = pd.read_csv(self.options.novelty_reference)
+            self._reference = {}
+            for cif in table[cif_column(table, self.options.novelty_reference)]:
+                known = read_cif(cif) if isinstance(cif, str) else None
+                if known is not None:
+                    self._reference.setdefault(known.composition.reduced_formula, []).append(known)
+        from pymatgen.analysis.structure_matcher import StructureMatcher
+
+        matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
+        return not any(matcher.fit(structure, known) for known in self._reference.get(structure.composition.reduced_formula, []))
+
+    def score(self, sample) -> dict[str, Any]:
+        """One refined Sample -> its score row (tier, reason, energies, novelty)."""
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        from .evaluation import stability as S
+        from .sample import honours_group
+
+        row: dict[str, Any] = {"id": sample.id, "tier": 0, "why": None, "e_above_hull": None, "energy_per_atom": None,
+                               "novel": None, "formula": None}
+        structure = sample.structure() if sample.ok and sample.cif else None
+        if structure is None:
+            row["why"] = sample.error or "no crystal"
+            return row
+        row["formula"] = structure.composition.reduced_formula
+        if not sample.valid:
+            row.update(tier=1, why=sample.invalid_reason or "not valid")
+            return row
+        if not honours_group(sample):
+            row.update(tier=1, why="not in the requested group")
+            return row
+        row["tier"] = TIERS.index("valid")
+        try:
+            if self.options.relax_steps:
+                relaxed = S.relax(structure, self.calculator, steps=self.options.relax_steps)
+                if relaxed.error or relaxed.energy is None:
+                    row.update(tier=1, why=relaxed.error or "relaxation failed")
+                    return row
+                energy, structure = relaxed.energy, relaxed.structure
+            else:
+                atoms = AseAtomsAdaptor.get_atoms(structure)
+                atoms.calc = self.calculator
+                energy = float(atoms.get_potential_energy())
+        except Exception as exc:  # one crystal the potential cannot handle is scored as unknown energy
+            row["why"] = f"MLFF failed: {exc}"[:200]
+            return row
+        row["energy_per_atom"] = energy / len(structure)
+        if reason := S.unphysical_energy(row["energy_per_atom"]):
+            row.update(tier=1, why=reason)
+            return row
+        corrected, reason = S.corrected_energy(self.hull.mlff, structure, energy)
+        if corrected is not None:
+            row["e_above_hull"], reason = self.hull.e_above_hull(structure.composition, corrected)
+        row["why"] = reason
+        if row["e_above_hull"] is not None and row["e_above_hull"] <= self.options.metastable:
+            row["tier"] = TIERS.index("metastable")
+        row["novel"] = self._novel(structure)
+        return row
+
+
+def score_round(samples_path: Path, out: Path, scorer: Scorer) -> list[dict[str, Any]]:
+    """scores.jsonl for every refined sample (resumes by id)."""
+    from .samples import JsonlWriter, read_jsonl, read_samples
+
+    samples = list(read_samples(samples_path))
+    done = {r["id"]: r for r in read_jsonl(out)}
+    with JsonlWriter(out) as writer:
+        for sample in tqdm(samples, desc="scoring (MLFF single points)", initial=len(done), total=len(samples)):
+            if sample.id in done:
+                continue
+            row = scorer.score(sample)
+            writer.write([row])
+            done[sample.id] = row
+    return [done[s.id] for s in samples if s.id in done]
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+
+
+def round_metrics(samples_path: Path, scores: list[dict[str, Any]], metastable: float) -> dict[str, Any]:
+    """What a round's samples say about the model that drew them (rates over all samples)."""
+    from pymatgen.analysis.structure_matcher import StructureMatcher
+
+    from .samples import read_samples
+
+    from .sample import honours_group
+
+    samples = {s.id: s for s in read_samples(samples_path)}
+    n = max(len(scores), 1)
+    e = sorted(r["e_above_hull"] for r in scores if r["e_above_hull"] is not None)
+    structures = [(samples[r["id"]].structure(), r["id"]) for r in scores if r["tier"] >= 2]
+    matcher, kept, buckets = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3), 0, {}
+    for structure, _ in structures:
+        bucket = buckets.setdefault(structure.composition.reduced_formula, [])
+        if not any(matcher.fit(structure, other) for other in bucket):
+            bucket.append(structure)
+            kept += 1
+    asked = [r for r in scores if "sg" in samples[r["id"]].conditions]
+    novel = [r["novel"] for r in scores if r["tier"] >= 2 and r["novel"] is not None]
+
+    def quantile(q: float) -> float | None:
+        return e[min(len(e) - 1, int(q * len(e)))] if e else None
+
+    return {
+        "n_samples": len(scores),
+        "validity": sum(bool(samples[r["id"]].valid) for r in scores) / n,  # the refiner's re-check, before the group test
+        "valid_in_group": sum(r["tier"] >= 2 for r in scores) / n,
+        "uniqueness_valid": kept / len(structures) if structures else None,
+        "novelty_valid": sum(novel) / len(novel) if novel else None,
+        "metastable_rate": sum(r["tier"] == 3 for r in scores) / n,
+        "stable_rate": sum(r["e_above_hull"] is not None and r["e_above_hull"] <= 0 and r["tier"] >= 2 for r in scores) / n,
+        "e_above_hull_quartiles": [quantile(0.25), quantile(0.5), quantile(0.75)],
+        "sg_honoured": sum(honours_group(samples[r["id"]]) for r in asked) / len(asked) if asked else None,
+        "metastable_threshold": metastable,
+    }
+
+
+# ------------------------------------------------------------------------------------------------ training
+
+
+def train_dpo(model: str, adapter: str | None, pairs: list[dict[str, Any]], out: Path, options: TrainOptions) -> Path:
+    """trl's DPOTrainer on a LoRA adapter (a new one, or `adapter` trained further); the reference is the
+    adapter switched off. Writes out/adapter (with the xtallm files a sampler needs); resumes from out/trainer."""
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from xtallm.llm.model import base_identity, name_adapter_base, read_xtallm_config, XTALLM_CONFIG
+
+    tokenizer = AutoTokenizer.from_pretrained(model)
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    base = AutoModelForCausalLM.from_pretrained(model, torch_dtype=torch.float32)
+    peft_config = None
+    if adapter:
+        net = PeftModel.from_pretrained(base, adapter, is_trainable=True)
+    else:
+        net = base
+        peft_config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
+                                 task_type="CAUSAL_LM")
+    args = DPOConfig(
+        output_dir=str(out / "trainer"), beta=options.beta, learning_rate=options.lr, num_train_epochs=options.epochs,
+        per_device_train_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
+        max_length=options.max_length, save_strategy="steps", save_steps=options.save_steps, save_total_limit=1,
+        logging_steps=5, report_to=[], bf16=options.bf16, seed=options.seed, use_cpu=not torch.cuda.is_available(),
+        disable_tqdm=False, dataset_num_proc=None,
+    )
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    trainer = DPOTrainer(model=net, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
+                         peft_config=peft_config)
+    checkpoints = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
+    final = out / "adapter"
+    trainer.model.save_pretrained(str(final))
+    tokenizer.save_pretrained(str(final))
+    name_adapter_base(final, model)
+    info = read_xtallm_config(adapter or model)
+    info.pop("base_identity", None)
+    info.update(base_model=model, method="dpo", base_identity=base_identity(base.config, tokenizer))
+    (final / XTALLM_CONFIG).write_text(json.dumps(info, indent=2))
+    losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
+    (out / "train.json").write_text(json.dumps({"steps": result.global_step, "train_loss": result.training_loss,
+                                                "loss_history": losses, "pairs": len(pairs)}, indent=2))
+    return final
+
+
+# ------------------------------------------------------------------------------------------------ the loop
+
+
+@dataclass
+class ImproveJob:
+    out: str
+    config: ImproveConfig = field(default_factory=ImproveConfig)
+    model: str | None = None
+    adapter: str | None = None
+    config_path: str | None = None
+
+
+def _phase_done(folder: Path, name: str) -> bool:
+    return (folder / f".{name}.done").exists()
+
+
+def _mark(folder: Path, name: str, seconds: float, seconds_key: dict) -> None:
+    seconds_key[name] = round(seconds, 1)
+    (folder / f".{name}.done").write_text(f"{seconds:.1f}\n")
+
+
+def _draw(job: ImproveJob, model: str, adapter: str | None, index: int, folder: Path, scorer_box: dict) -> dict[str, Any]:
+    """Sample, refine and score one model (index 0: the start); returns its metrics row."""
+    from .refine import RefineJob, run_refine
+    from .sample import SampleJob, run_sample
+
+    c = job.config
+    timing = json.loads((folder / "seconds.json").read_text()) if (folder / "seconds.json").exists() else {}
+    conditions = round_prompts(c, index, folder)
+    if not _phase_done(folder, "sample"):
+        t = time.perf_counter()
+        options = replace(c.sample, model=model, adapter=adapter, temperature=temperature(c, index), seed=c.sample.seed + index)
+        run_sample(SampleJob(str(folder / "llm"), 1, {}, str(conditions), options))
+        _mark(folder, "sample", time.perf_counter() - t, timing)
+    if not _phase_done(folder, "refine"):
+        t = time.perf_counter()
+        run_refine(RefineJob(str(folder / "llm" / "samples.jsonl"), str(folder / "refined"), replace(c.refine, seed=c.refine.seed + index)))
+        _mark(folder, "refine", time.perf_counter() - t, timing)
+    refined = folder / "refined" / "samples.jsonl"
+    if not _phase_done(folder, "score"):
+        t = time.perf_counter()
+        if "scorer" not in scorer_box:
+            scorer_box["scorer"] = Scorer(c.score)
+        score_round(refined, folder / "scores.jsonl", scorer_box["scorer"])
+        _mark(folder, "score", time.perf_counter() - t, timing)
+    from .samples import read_jsonl
+
+    scores = list(read_jsonl(folder / "scores.jsonl"))
+    metrics = {"model": index, "adapter": adapter, "temperature": temperature(c, index),
+               **round_metrics(refined, scores, c.score.metastable), "seconds": timing}
+    (folder / "seconds.json").write_text(json.dumps(timing, indent=2))
+    (folder / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def run_improve(job: ImproveJob) -> dict[str, Any]:
+    """All rounds (resuming what is done); returns the per-model metrics table (also DIR/rounds.json)."""
+    from xtallm.llm.model import resolve_adapter, resolve_model
+    from xtallm.llm.sampling import check_adapter_matches
+
+    from .samples import read_jsonl, read_samples
+
+    c = job.config
+    out = Path(job.out)
+    out.mkdir(parents=True, exist_ok=True)
+    save_recipe(c, out / "improve_config.yaml")
+    model = resolve_model(job.model)
+    adapter = resolve_adapter(job.adapter)
+    if adapter:
+        check_adapter_matches(model, adapter)
+    scorer_box: dict = {}
+    table = []
+    for index in range(c.rounds.rounds + 1):
+        folder = out / f"round_{index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        table.append(_draw(job, model, adapter, index, folder, scorer_box))
+        if index == c.rounds.rounds:
+            break
+        timing = json.loads((folder / "seconds.json").read_text())
+        if not _phase_done(folder, "pairs"):
+            t = time.perf_counter()
+            samples = {s.id: s for s in read_samples(folder / "refined" / "samples.jsonl")}
+            from xtallm.llm.data import prompt_text
+
+            scored = [Scored(r["id"], prompt_text(samples[r["id"]].conditions), samples[r["id"]].text, r["tier"],
+                             r["e_above_hull"], r["novel"], r["formula"], samples[r["id"]].structure() if r["tier"] >= 1 else None)
+                      for r in read_jsonl(folder / "scores.jsonl") if r["id"] in samples]
+            report = build_pairs(scored, index + 1, c.pairs)
+            from transformers import AutoTokenizer
+
+            bos = AutoTokenizer.from_pretrained(model).bos_token or ""
+            rows = [{**p.row(), "prompt": bos + p.prompt} for p in report.pairs]
+            (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+            (folder / "pairs.json").write_text(json.dumps(report.summary(), indent=2))
+            _mark(folder, "pairs", time.perf_counter() - t, timing)
+        pairs = list(read_jsonl(folder / "pairs.jsonl"))
+        if not pairs:
+            raise RuntimeError(f"round {index + 1}: no preference pairs (no valid sample beat another); see {folder}/scores.jsonl")
+        if not _phase_done(folder, "train"):
+            t = time.perf_counter()
+            train_dpo(model, adapter, pairs, folder, c.train)
+            _mark(folder, "train", time.perf_counter() - t, timing)
+        (folder / "seconds.json").write_text(json.dumps(timing, indent=2))
+        table[-1]["seconds"] = timing
+        table[-1]["pairs"] = json.loads((folder / "pairs.json").read_text())
+        adapter = str(folder / "adapter")
+    (out / "rounds.json").write_text(json.dumps(table, indent=2))
+    plot_rounds(table, out / "rounds.png")
+    return {"rounds": c.rounds.rounds, "table": table, "final_adapter": adapter}
+
+
+def plot_rounds(table: list[dict[str, Any]], path: Path) -> None:
+    """Metastable rate, validity and uniqueness per model (start = 0)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    x = [row["model"] for row in table]
+    for key in ("metastable_rate", "valid_in_group", "uniqueness_valid", "novelty_valid"):
+        values = [row.get(key) for row in table]
+        if any(v is not None for v in values):
+            ax.plot(x, [math.nan if v is None else v for v in values], marker="o", label=key)
+    ax.set_xlabel("model (0: start, k: after round k)")
+    ax.set_ylim(0, 1)
+    ax.legend(fontsize=7)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
+__all__ = ["ImproveConfig", "ImproveJob", "load_improve_config", "run_improve", "train_dpo"]
