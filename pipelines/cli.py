@@ -305,7 +305,7 @@ def _add_improve(sub) -> None:
 
     i = sub.add_parser("improve", help=COMMANDS["improve"])
     i.add_argument("--model", default=None, help=MODEL_HELP)
-    i.add_argument("--adapter", default=None, help="a LoRA adapter of --model to improve further (default: a new one)")
+    i.add_argument("--adapter", default=None, help="a LoRA adapter of --model to improve further (none: a new adapter)")
     i.add_argument("--config", default=None, help="improve recipe YAML, e.g. configs/improve/tiny_test.yaml (default: this command's shipped recipe)")
     i.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any recipe setting, e.g. rounds.rounds=5")
     i.add_argument("--out", required=True, help="output folder (round_K/..., rounds.json, rounds.png; a rerun resumes)")
