@@ -17,7 +17,7 @@ from xtallm.tokenization import get_format
 def test_generate_samples_decodes_and_refines_then_resumes(tmp_path):
     out = tmp_path / "gen"
     args = ["generate", "--num-samples", "6", "--out", str(out), "--backend", "hf", "--unconstrained",
-            "--condition", "dim=3", "--condition", "sg=225", "--steps", "20", "--set", "sample.max_tokens=320"]
+            "--condition", "dim=3", "--condition", "sg=225", "--refine-steps", "20", "--set", "sample.max_tokens=320"]
     assert main(args) == 0
     rows = list(read_samples(out / "samples.jsonl"))
     raw = list(read_samples(out / "llm" / "samples.jsonl"))
@@ -49,7 +49,7 @@ def test_redraw_invalid_replaces_invalid_rows_and_keeps_the_first_draws(tmp_path
     their ids, and every draw is counted. The refiner's repulsion is switched off so that some rows stay invalid."""
     out = tmp_path / "gen"
     args = ["generate", "--num-samples", "6", "--out", str(out), "--backend", "hf", "--unconstrained", "--condition", "dim=3",
-            "--steps", "10", "--repulsion", "0", "--polish-steps", "0", "--tau-max", "0.2", "--redraw-invalid", "2",
+            "--refine-steps", "10", "--repulsion", "0", "--polish-steps", "0", "--tau-max", "0.2", "--redraw-invalid", "2",
             "--set", "sample.max_tokens=320"]
     assert main(args) == 0
     summary = json.loads((out / "summary.json").read_text())["refine"]["redraws"]

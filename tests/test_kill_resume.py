@@ -116,7 +116,7 @@ def test_hull_build_killed_mid_run_resumes(crystals, tmp_path):
 
 def test_refine_stage_of_generate_killed_mid_stage_resumes_exactly(tmp_path):
     args = [sys.executable, "-m", "xtallm.pipelines.cli", "generate", "--num-samples", "24", "--backend", "hf", "--unconstrained",
-            "--condition", "sg=225", "--max-tokens", "200", "--steps", "30", "--refine-batch-size", "8", "--out"]
+            "--condition", "sg=225", "--max-tokens", "200", "--refine-steps", "30", "--refine-batch-size", "8", "--out"]
     straight, killed = tmp_path / "straight", tmp_path / "killed"
     _run([*args, str(straight)])
     _kill_when([*args, str(killed)], lambda: _lines(killed / "samples.jsonl") >= 8)  # one chunk refined, others to go

@@ -76,7 +76,7 @@ def test_mixing_potentials_refused(small_hull, tmp_path):
     _, known, out = small_hull
     with pytest.raises(S.MixedEnergyScalesError, match="sevennet"):
         evaluate(tmp_path / "unused.jsonl", out, hull=out, mlff="chgnet")
-    table = pd.read_csv(out)
+    table = pd.read_csv(out / "hull.csv")
     table.loc[0, ["mlff", "scheme"]] = ["chgnet", S.MLFFS["chgnet"]]
     mixed = tmp_path / "mixed.csv"
     table.to_csv(mixed, index=False)

@@ -128,7 +128,9 @@ def test_general_llm_with_its_own_tokenizer(tmp_path):
     metrics = train(tiny(tmp_path / "run", f"model.base={tmp_path / 'gpt'}", "model.method=lora",
                          "model.lora.target_modules=[c_attn]", "model.attn_implementation=eager",
                          "train.max_steps=6", "train.sample_every=6", "train.sample_n=2", "data.max_length=512"))
-    assert metrics["steps"] == 6 and "base_model:" in (tmp_path / "run" / "README.md").read_text()
+    card = (tmp_path / "run" / "README.md").read_text()
+    # a local base folder is named in the card's text, never as the Hub's base_model (it is no hub id)
+    assert metrics["steps"] == 6 and "base_model:" not in card and f"- Base model: `{(tmp_path / 'gpt').resolve()}`" in card
 
 
 def test_ddp_on_two_cpu_processes(tmp_path):
