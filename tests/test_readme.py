@@ -106,3 +106,36 @@ def test_a_recipe_trains_on_the_shipped_examples_as_shown(tmp_path):
                              capture_output=True, text=True, timeout=900, cwd=tmp_path)
         assert run.returncode == 0, run.stderr[-2000:]
     assert (tmp_path / "runs" / "try" / "metrics.json").exists() and "2 steps in" in run.stdout
+
+
+def _readme_line(start: str) -> list[str]:
+    line = next(a for a in XTALLM if " ".join(a).startswith(start))
+    return line
+
+
+@pytest.mark.slow
+def test_refine_and_evaluate_run_as_shown(tmp_path):
+    """The README's refine line and the evaluation line (its optional [..] parts left out), on real samples the
+    test writes to samples/samples.jsonl, run from another folder with the repo's shipped files."""
+    import json as _json
+
+    from pymatgen.core import Lattice, Structure
+
+    samples = tmp_path / "samples"
+    samples.mkdir()
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    rows = [{"id": f"s{i}", "ok": True, "cif": nacl.to(fmt="cif"), "dim": 3, "group": 225,
+             "text": "sg 225\na 5.640\nNa 4a\nCl 4b"} for i in range(3)]
+    (samples / "samples.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    refine = _readme_line("refine samples/samples.jsonl")
+    # the evaluation line without its optional parts (they name the reader's own tables)
+    line = next(l for l in README.splitlines() if l.startswith("xtallm evaluate samples/samples.jsonl --reference"))
+    full = line + " " + next(l for l in README.splitlines() if "--train-meta" in l and l.strip().startswith("["))
+    evaluate = shlex.split(re.sub(r"\[[^\]]*\]", " ", full.replace("\\", " ")))[1:]
+    for argv in (refine, evaluate):
+        argv = [str(REPO / w) if (REPO / w).is_file() else w for w in argv]
+        run = subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", *argv, *(["--no-coverage"] if argv[0] == "evaluate" else [])],
+                             capture_output=True, text=True, timeout=900, cwd=tmp_path)
+        assert run.returncode == 0, (argv, run.stderr[-1500:])
+    assert len((tmp_path / "refined" / "samples.jsonl").read_text().splitlines()) == 3
+    assert _json.loads((tmp_path / "eval" / "metrics.json").read_text())["n_samples"] == 3
