@@ -90,7 +90,7 @@ def main() -> int:
             "stage: first 300 ids of runs/repair/llm/uncond/samples.jsonl -> .dev/s25/llm.jsonl.xz, same ids of "
             "runs/repair/rep50/uncond/samples.jsonl -> .dev/s25/refined.jsonl.xz",
             "device (run tool, nvidia-h200, carry ['.whl']): LIMIT=500 bash benchmarks/device_repair_stability.sh",
-            "xtallm evaluate .dev/s25/<arm>.jsonl.xz --reference configs/data/mp20-heldout-v1-reference.csv.xz --no-coverage --num-proc 1 "
+            "xtallm evaluate .dev/s25/<arm>.jsonl.xz --reference heldout/mp20-heldout-v1-reference.csv.xz --no-coverage --num-proc 1 "
             "--hull configs/data/hull_sevennet_v1.csv.xz --mlff sevennet --relaxed .dev/s25/out/relaxed_<arm>.jsonl --out .dev/s25/eval_<arm>",
             "python benchmarks/bench_repair_stability_report.py --work .dev/s25"]
     else:
@@ -99,7 +99,7 @@ def main() -> int:
             f"runs/repair/rep50/uncond/samples.jsonl -> {work}/refined.jsonl.xz",
             f"OMP_NUM_THREADS=1 xtallm relax {work}/<arm>.jsonl.xz --out {args.relaxations}/<arm> --mlff sevennet --engine batched "
             f"--device cpu --relax-steps {args.cap} --fmax 0.05 --batch-atoms 800   # both arms side by side, 1 thread each",
-            f"xtallm evaluate {work}/<arm>.jsonl.xz --reference configs/data/mp20-heldout-v1-reference.csv.xz --no-coverage --num-proc 2 "
+            f"xtallm evaluate {work}/<arm>.jsonl.xz --reference heldout/mp20-heldout-v1-reference.csv.xz --no-coverage --num-proc 2 "
             f"--hull configs/data/hull_sevennet_v1.csv.xz --mlff sevennet --relaxed {args.relaxations}/<arm> --out {work}/eval_<arm>",
             f"python benchmarks/bench_repair_stability_report.py --work {work} --cap {args.cap} --relaxations {args.relaxations} "
             f"--device ... --out {args.out}"]

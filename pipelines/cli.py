@@ -30,6 +30,19 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_reference(args: argparse.Namespace) -> int:
+    from .evaluation.relax import output_folder
+    from .training_data import heldout_reference
+
+    name = f"{args.split}-reference.csv.xz"
+    out = output_folder(args.out, name)
+    table = heldout_reference(args.split, args.data)
+    out.mkdir(parents=True, exist_ok=True)
+    table.to_csv(out / name, index=False, compression={"method": "xz", "preset": 9})
+    print(f"{len(table)} held-out crystals of {args.split} -> {out / name}")
+    return 0
+
+
 def _groups_line(groups: dict[str, int], dims: dict[str, int] | None = None, top: int = 6) -> str:
     """`; 87 bulk + 13 monolayers; groups sg 14: 10, ...` (the mix is drawn by the model unless dim= is given)."""
     if not groups:
@@ -232,6 +245,12 @@ def _add_data(sub) -> None:
     p.add_argument("--no-cache", action="store_true", help="neither read nor write ~/.cache/xtallm ($XTALLM_CACHE)")
     add_flags(p, PrepareOptions, rename={"fmt": "format", "max_atoms": "max_input_atoms"})
     p.set_defaults(func=_data_prepare)
+    r = data.add_parser("reference", help="the structures of a held-out split (configs/data) from your copy of its source tables")
+    r.add_argument("split", choices=["mp20-heldout-v1", "twod-heldout-v1"])
+    r.add_argument("--data", default=None, help="folder of the source tables (mp20/, twod/: CDVAE's MP-20, 2DMatPedia, MC2D; "
+                   "default: $XTALLM_DATA)")
+    r.add_argument("--out", required=True, help="output folder (SPLIT-reference.csv.xz, for `xtallm evaluate --reference`)")
+    r.set_defaults(func=_data_reference)
 
 
 def _add_sample(sub) -> None:

@@ -126,7 +126,7 @@ CLI_CASES = [
     (["evaluate", "{good}", "--reference", "{folder}/none.csv", "--out", "{tmp}/e"], "no such reference table"),
     (["evaluate", "{good}", "--reference", "{nocif}", "--out", "{tmp}/e"], "no 'cif'"),
     (["evaluate", "{good}", "--reference", str(REPO / "configs/data/mp20-heldout-v1.csv"), "--out", "{tmp}/e"],
-     "mp20-heldout-v1-reference.csv.xz"),
+     "xtallm data reference mp20-heldout-v1 --data DIR --out FOLDER"),
     (["evaluate", "{good}", "--reference", "{garbage}", "--out", "{tmp}/e"], "garbage.csv"),
     (["evaluate", "{good}", "--reference", "{ref}", "--train", "{folder}/none.csv", "--out", "{tmp}/e"], "no such training table"),
     (["evaluate", "{good}", "--reference", "{ref}", "--hull", "{folder}/none.csv", "--out", "{tmp}/e"], "none.csv"),
@@ -332,11 +332,18 @@ def test_read_only_output_folder_is_one_line(files, tmp_path, capsys):
             assert len(errors) == 1 and "Read-only file system" in errors[0] and "Traceback" not in err, err
 
 
-def test_evaluate_against_the_shipped_held_out_reference(files, tmp_path):
-    """Issue 27: `--reference configs/data/mp20-heldout-v1.csv` (ids only) failed on a fresh clone; the held-out
-    structures now ship beside the split (977 MP-20 crystals)."""
-    reference = REPO / "configs/data/mp20-heldout-v1-reference.csv.xz"
+def test_evaluate_against_the_held_out_reference_built_from_the_data(files, tmp_path):
+    """Issue 27: `--reference configs/data/mp20-heldout-v1.csv` (ids only) failed on a fresh clone; the error now names
+    `xtallm data reference`, which builds the split's structures from the source tables (../shared/data here)."""
+    import pandas as pd
+
+    from tests.conftest import shared_file
+
+    data = shared_file("mp20/val.csv.xz").parents[1]
+    assert main(["data", "reference", "mp20-heldout-v1", "--data", str(data), "--out", str(tmp_path / "ref")]) == 0
+    reference = tmp_path / "ref" / "mp20-heldout-v1-reference.csv.xz"
     assert main(["evaluate", str(files / "good.jsonl"), "--reference", str(reference), "--no-coverage", "--num-proc", "2",
                  "--out", str(tmp_path / "e")]) == 0
     metrics = json.loads((tmp_path / "e" / "metrics.json").read_text())
-    assert metrics["inputs"]["reference_rows"] == 977 and metrics["inputs"]["reference_unreadable"] == 0
+    split = pd.read_csv(REPO / "configs/data/mp20-heldout-v1.csv")
+    assert metrics["inputs"]["reference_rows"] == len(split) and metrics["inputs"]["reference_unreadable"] == 0

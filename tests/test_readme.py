@@ -39,7 +39,7 @@ XTALLM = commands("xtallm")
 
 def test_the_readme_shows_the_main_commands():
     shown = {argv[0] for argv in XTALLM}
-    assert {"generate", "sample", "refine", "evaluate", "relax", "hull", "export", "data", "serve", "push"} <= shown, shown
+    assert {"generate", "sample", "refine", "evaluate", "relax", "hull", "export", "data", "serve", "push", "improve"} <= shown, shown
 
 
 @pytest.mark.parametrize("argv", XTALLM, ids=[" ".join(a[:2]) for a in XTALLM])
@@ -115,8 +115,8 @@ def _readme_line(start: str) -> list[str]:
 
 @pytest.mark.slow
 def test_refine_and_evaluate_run_as_shown(tmp_path):
-    """The README's refine line and the evaluation line (its optional [..] parts left out), on real samples the
-    test writes to samples/samples.jsonl, run from another folder with the repo's shipped files."""
+    """The README's reference, refine and evaluation lines (the last without its optional [..] parts), on samples the
+    test writes to samples/samples.jsonl, from another folder; the reference is built from ../shared/data."""
     import json as _json
 
     from pymatgen.core import Lattice, Structure
@@ -127,12 +127,16 @@ def test_refine_and_evaluate_run_as_shown(tmp_path):
     rows = [{"id": f"s{i}", "ok": True, "cif": nacl.to(fmt="cif"), "dim": 3, "group": 225,
              "text": "sg 225\na 5.640\nNa 4a\nCl 4b"} for i in range(3)]
     (samples / "samples.jsonl").write_text("".join(_json.dumps(r) + "\n" for r in rows))
+    from tests.conftest import shared_file
+
+    data = shared_file("mp20/val.csv.xz").parents[1]
+    reference = [str(data) if w == "DIR" else w for w in _readme_line("data reference mp20-heldout-v1")]
     refine = _readme_line("refine samples/samples.jsonl")
     # the evaluation line without its optional parts (they name the reader's own tables)
     line = next(l for l in README.splitlines() if l.startswith("xtallm evaluate samples/samples.jsonl --reference"))
     full = line + " " + next(l for l in README.splitlines() if "--train-meta" in l and l.strip().startswith("["))
     evaluate = shlex.split(re.sub(r"\[[^\]]*\]", " ", full.replace("\\", " ")))[1:]
-    for argv in (refine, evaluate):
+    for argv in (reference, refine, evaluate):
         argv = [str(REPO / w) if (REPO / w).is_file() else w for w in argv]
         run = subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", *argv, *(["--no-coverage"] if argv[0] == "evaluate" else [])],
                              capture_output=True, text=True, timeout=900, cwd=tmp_path)

@@ -151,7 +151,7 @@ def test_every_out_is_a_folder():
     from xtallm.pipelines.cli import build_parser
 
     outs = {command: text for command, flag, _, text in _flags(build_parser()) if flag == "--out"}
-    assert len(outs) == 10 and all("folder" in text for text in outs.values()), outs
+    assert len(outs) == 11 and all("folder" in text for text in outs.values()), outs
 
 
 def test_top_level_help_imports_no_heavy_library():

@@ -38,9 +38,10 @@ def cif_column(table: pd.DataFrame, csv: str | Path) -> str:
     for column in ("cif_layer_std", "cif"):
         if column in table.columns:
             return column
-    structures = Path(csv).with_name(Path(csv).name.split(".")[0] + "-reference.csv.xz")
-    if structures.exists():  # a held-out split (ids only) with its structures shipped beside it
-        raise ValueError(f"{csv}: lists the split's crystals by id only; their structures are in {structures}")
+    split = Path(csv).name.split(".")[0]
+    if split in ("mp20-heldout-v1", "twod-heldout-v1"):  # a held-out split names its crystals by id only
+        raise ValueError(f"{csv}: lists the split's crystals by id only; build their structures once with "
+                         f"`xtallm data reference {split} --data DIR --out FOLDER` (DIR: your copy of the source tables)")
     raise ValueError(f"{csv}: no 'cif' (or 'cif_layer_std') column")
 
 
