@@ -182,6 +182,13 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return tree
 
 
+def is_hub_id(name: str) -> bool:
+    """`owner/name` that is not a local path: no leading ./ ~ or /, and its first part is no folder here."""
+    parts = name.split("/")
+    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~", "/"))
+            and not Path(parts[0]).exists() and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
+
+
 def recipe_data_hint(recipe: str | Path | None) -> str:
     """The recipe's `# data:` header lines: how to make the data it names (one place a user looks)."""
     if recipe is None or not Path(recipe).is_file():
@@ -195,8 +202,7 @@ def check_data_paths(paths: list[str], recipe: str | Path | None) -> None:
         text = str(path)
         if "://" in text or not ("/" in text or "\\" in text) or Path(text).expanduser().exists():
             continue
-        parts = text.split("/")
-        if len(parts) == 2 and not text.startswith((".", "~", "/")) and not Path(parts[0]).exists():
+        if is_hub_id(text):
             continue  # a hub dataset id (owner/name): loaded when training starts
         hint = recipe_data_hint(recipe) or ("make a dataset folder with `xtallm data prepare TABLE --out FOLDER` and pass "
                                             "data.train=[FOLDER]")

@@ -42,11 +42,11 @@ def _base_line(base: str, gguf: dict | None) -> str:
 def hub_base(base: str, gguf: dict | None) -> str | None:
     """The base as the Hub's `base_model` metadata accepts it (a hub model id), or None: a local folder or a
     model shipped inside xtallm is no hub id, and a card that names one breaks on the Hub."""
-    from .model import _hub_id
+    from xtallm.configs.recipe import is_hub_id
 
     if gguf:
         return gguf.get("base_model")
-    return base if base != "from_scratch" and _hub_id(base) and not Path(base).exists() else None
+    return base if base != "from_scratch" and is_hub_id(base) and not Path(base).exists() else None
 
 
 def _example_prompt(dims: list[int]) -> tuple[str, str]:

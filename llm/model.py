@@ -9,6 +9,8 @@ from typing import Any
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerBase
 
+from xtallm.configs.recipe import is_hub_id
+
 from .config import FinetuneConfig, ModelConfig
 
 XTALLM_CONFIG = "xtallm.json"  # text format and conditions a model was trained with
@@ -229,13 +231,6 @@ def resolve_base(name: str) -> str:
     return name if name == "from_scratch" else resolve_model(name, "model.base")
 
 
-def _hub_id(name: str) -> bool:
-    """`owner/name` that is not a local path: no leading ./ ~ or /, and its first part is no folder here."""
-    parts = name.split("/")
-    return (len(parts) == 2 and all(parts) and not name.startswith((".", "~", "/"))
-            and not Path(parts[0]).exists() and all(c.isalnum() or c in "-_." for c in name.replace("/", "")))
-
-
 def resolve_model(name: str | None, what: str = "--model") -> str:
     """The model a user named: None -> the embedded default; a folder; or a hub id they typed.
 
@@ -248,7 +243,7 @@ def resolve_model(name: str | None, what: str = "--model") -> str:
         if Path(local).is_dir() and not (Path(local) / "config.json").exists() and not (Path(local) / "adapter_config.json").exists():
             raise FileNotFoundError(f"{what} {name}: the folder holds no model (no config.json)")
         return local
-    if _hub_id(name):
+    if is_hub_id(name):
         return name
     raise FileNotFoundError(f"{what} {name}: no such folder (and not a hub id like owner/name)")
 
@@ -264,7 +259,7 @@ def resolve_adapter(name: str | None) -> str | None:
         if not Path(local, "adapter_config.json").exists():
             raise FileNotFoundError(f"--adapter {name}: not a LoRA adapter folder (no adapter_config.json)")
         return local
-    if _hub_id(name):
+    if is_hub_id(name):
         return name
     raise FileNotFoundError(f"--adapter {name}: no such folder, shipped adapter ({', '.join(DEFAULT_ADAPTERS)}) or hub id")
 

@@ -31,7 +31,7 @@ def _data_prepare(args: argparse.Namespace) -> int:
 
 
 def _data_reference(args: argparse.Namespace) -> int:
-    from .evaluation.relax import output_folder
+    from .samples import output_folder
     from .training_data import heldout_reference
 
     name = f"{args.split}-reference.csv.xz"

@@ -215,6 +215,14 @@ def read_cif(cif: str):
 # ---------------------------------------------------------------------------- reading
 
 
+def output_folder(path: str | Path, writes: str) -> Path:
+    """`--out` of a command that writes one file (`writes`) into a folder: refused when it is a file."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FileExistsError(f"--out {path}: is a file; --out is a folder (this command writes {path}/{writes})")
+    return path
+
+
 @dataclass
 class ReadReport:
     """Lines or files a reader could not use, with the reason (torn last line of a killed run included)."""

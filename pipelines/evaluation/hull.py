@@ -99,7 +99,7 @@ def build_hull(job: HullJob) -> dict:
     """Run (or resume) a hull build; returns counts for the CLI."""
     o = job.options
     S.check_mlff(o.mlff)
-    from .relax import output_folder
+    from ..samples import output_folder
 
     out = output_folder(job.out, HULL) / HULL
     if out.exists() and out.stat().st_size > 0:

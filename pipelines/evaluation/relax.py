@@ -151,14 +151,6 @@ def relaxed_file(path: str | Path) -> Path:
     return path / RELAXED if path.is_dir() else path
 
 
-def output_folder(path: str | Path, writes: str) -> Path:
-    """`--out` of a command that writes one file (`writes`) into a folder: refused when it is a file."""
-    path = Path(path)
-    if path.exists() and not path.is_dir():
-        raise FileExistsError(f"--out {path}: is a file; --out is a folder (this command writes {path}/{writes})")
-    return path
-
-
 def done_ids(path: str | Path) -> dict[str, dict[str, Any]]:
     """Rows already in a relax output (folder or JSONL), by sample id (a torn last line is ignored)."""
     from ..samples import read_jsonl
@@ -171,7 +163,7 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
     o = job.options
     import numpy as np
 
-    from ..samples import JsonlWriter, ReadReport, load_samples
+    from ..samples import JsonlWriter, ReadReport, load_samples, output_folder
 
     S.check_mlff(o.mlff)
     out = output_folder(job.out, RELAXED) / RELAXED
