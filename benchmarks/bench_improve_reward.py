@@ -1,8 +1,10 @@
-"""Does `xtallm improve`'s cheap reward rank samples as a relaxation does? Single-point e_hull of refined crystals
-against their relaxed e_hull (the same samples, the same potential, correction and hull).
+"""Does `xtallm improve`'s cheap reward rank samples as a relaxation does? The reward's e_hull of refined crystals
+(a single point, or `--relax-steps K` capped FIRE steps, as `score.relax_steps`) against their relaxed e_hull (the
+same samples, the same potential, correction and hull).
 
     python benchmarks/bench_improve_reward.py --samples .dev/s25cpu/refined.jsonl.xz \
         --relaxed-eval .dev/s25cpu/eval_refined --out benchmarks/results/improve_reward_single_point.json
+    python benchmarks/bench_improve_reward.py ... --relax-steps 10 --engine batched --out benchmarks/results/improve_reward_relax10.json
 
 `--relaxed-eval`: an `xtallm evaluate --relaxed ... --hull` output (its stability.csv holds each sample's relaxed
 e_above_hull). Prints and writes: Spearman's rho over the samples with both values, and for every pair of samples
@@ -31,17 +33,25 @@ def main() -> int:
     parser.add_argument("--relaxed-eval", required=True, help="xtallm evaluate output folder with stability.csv")
     parser.add_argument("--margin", type=float, default=PairOptions().energy_margin)
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--relax-steps", type=int, default=0, help="the reward's capped FIRE steps (0: single points)")
+    parser.add_argument("--engine", default="batched", help="as `xtallm relax --engine`")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     relaxed = pd.read_csv(Path(args.relaxed_eval) / "stability.csv").set_index("id")["e_above_hull"].dropna()
-    scorer = Scorer(ScoreOptions(device=args.device))
+    scorer = Scorer(ScoreOptions(device=args.device, relax_steps=args.relax_steps, engine=args.engine))
     started = time.perf_counter()
-    single = {}
+    rows, items = {}, []
     for sample in read_samples(args.samples):
         if sample.id in relaxed.index:
-            row = scorer.score(sample)
-            if row["e_above_hull"] is not None:
-                single[sample.id] = row["e_above_hull"]
+            row, structure = scorer.prescreen(sample)
+            if structure is not None:
+                rows[sample.id] = row
+                items.append((sample.id, structure, sample.dim or 3))
+    single = {}
+    for key, relaxation in scorer.energies(items):
+        row = scorer.finish(rows[key], relaxation)
+        if row["e_above_hull"] is not None:
+            single[key] = row["e_above_hull"]
     seconds = time.perf_counter() - started
     ids = sorted(single)
     a, b = pd.Series([single[i] for i in ids]), pd.Series([relaxed[i] for i in ids])
@@ -53,7 +63,7 @@ def main() -> int:
         "single_point_median": float(a.median()), "relaxed_median": float(b.median()),
         "single_point_metastable": int((a <= 0.1).sum()), "relaxed_metastable": int((b <= 0.1).sum()),
         "margin": args.margin, "pairs_at_margin": len(pairs), "pairs_ordered_as_relaxed": same / len(pairs) if pairs else None,
-        "single_point_seconds": round(seconds, 1),
+        "reward_relax_steps": args.relax_steps, "engine": args.engine, "reward_seconds": round(seconds, 1),
     }
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     print(json.dumps(result, indent=2))

@@ -58,12 +58,17 @@ class ScoreOptions:
     hull: str = option(DEFAULT_HULL, "reference hull (`xtallm hull build` output) the reward is measured against")
     metastable: float = option(0.1, "eV/atom above the hull counted as metastable")
     relax_steps: int = option(0, "FIRE steps of a capped relaxation before the energy (0: a single point)")
+    engine: str = option("auto", "energy engine, as `xtallm relax --engine`: batched (SevenNet: many crystals per model call, "
+                                 "also on a CPU), ase (one at a time) or auto (batched on a GPU)")
+    batch_atoms: int = option(800, "atoms per batched model call (batched engine)")
     novelty_reference: str | None = option(None, "training table (cif column): novel = no StructureMatcher match there")
     device: str | None = option(None, "MLFF device (default: a GPU when present)")
 
 
 @dataclass
 class TrainOptions:
+    method: str = option("dpo", "dpo: trl's DPOTrainer on the round's pairs; rft: rejection-sampling fine-tuning, trl's SFTTrainer "
+                                "on the round's chosen samples (the pair builder's filtered, de-duplicated winners)")
     beta: float = option(0.1, "DPO's beta: the KL anchor to the start model (the adapter switched off)")
     lr: float = option(5e-5, "learning rate")
     epochs: float = option(1.0, "passes over a round's pairs")
@@ -92,6 +97,8 @@ class ImproveConfig:
             raise ValueError("rounds.rounds >= 1, rounds.samples >= 2 and 0 <= rounds.conditional_share <= 1")
         if self.train.beta <= 0 or self.train.lr <= 0 or self.train.batch_size < 1:
             raise ValueError("train.beta, train.lr > 0 and train.batch_size >= 1")
+        if self.train.method not in TRAINERS:
+            raise ValueError(f"train.method must be one of {', '.join(TRAINERS)}, got {self.train.method!r}")
 
 
 def shipped_file(path: str) -> str:
@@ -145,14 +152,17 @@ def temperature(config: ImproveConfig, model_index: int) -> float:
 
 
 class Scorer:
-    """Tier, e_above_hull and novelty of refined samples (the MLFF and the hull loaded once)."""
+    """Tier, e_above_hull and novelty of refined samples (the hull and the novelty reference loaded once).
+
+    Energies come from `xtallm relax`'s engines (`relax_many`): the round's valid crystals go to the potential
+    together, so the batched FIRE engine takes one model call per step for many crystals (single points
+    too, with `relax_steps: 0`)."""
 
     def __init__(self, options: ScoreOptions):
         from .evaluation import stability as S
 
         self.options = options
         self.hull = S.Hull(shipped_file(options.hull))
-        self.calculator = S.load_calculator(self.hull.mlff, options.device)
         self._reference: dict[str, list] | None = None
 
     def _novel(self, structure) -> bool | None:
@@ -175,11 +185,8 @@ class Scorer:
         matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
         return not any(matcher.fit(structure, known) for known in self._reference.get(structure.composition.reduced_formula, []))
 
-    def score(self, sample) -> dict[str, Any]:
-        """One refined Sample -> its score row (tier, reason, energies, novelty)."""
-        from pymatgen.io.ase import AseAtomsAdaptor
-
-        from .evaluation import stability as S
+    def prescreen(self, sample) -> tuple[dict[str, Any], Any]:
+        """The row of a sample without its energy, and the structure whose energy decides the rest (None: settled)."""
         from .sample import honours_group
 
         row: dict[str, Any] = {"id": sample.id, "tier": 0, "why": None, "e_above_hull": None, "energy_per_atom": None,
@@ -187,33 +194,26 @@ class Scorer:
         structure = sample.structure() if sample.ok and sample.cif else None
         if structure is None:
             row["why"] = sample.error or "no crystal"
-            return row
+            return row, None
         row["formula"] = structure.composition.reduced_formula
         if not sample.valid:
             row.update(tier=1, why=sample.invalid_reason or "not valid")
-            return row
+            return row, None
         if not honours_group(sample):
             row.update(tier=1, why="not in the requested group")
-            return row
+            return row, None
         row["tier"] = TIERS.index("valid")
-        try:
-            if self.options.relax_steps:
-                relaxed = S.relax(structure, self.calculator, steps=self.options.relax_steps)
-                if relaxed.error or relaxed.energy is None:
-                    row.update(tier=1, why=relaxed.error or "relaxation failed")
-                    return row
-                energy, structure = relaxed.energy, relaxed.structure
-            else:
-                atoms = AseAtomsAdaptor.get_atoms(structure)
-                atoms.calc = self.calculator
-                energy = float(atoms.get_potential_energy())
-        except Exception as exc:  # one crystal the potential cannot handle is scored as unknown energy
-            row["why"] = f"MLFF failed: {exc}"[:200]
+        return row, structure
+
+    def finish(self, row: dict[str, Any], relaxation) -> dict[str, Any]:
+        """A prescreened valid row completed by its single point or capped relaxation."""
+        from .evaluation import stability as S
+
+        if relaxation.error or relaxation.energy is None or relaxation.structure is None:
+            row.update(tier=1, why=f"MLFF: {relaxation.error or 'no energy'}"[:200])  # exploded, or the potential failed
             return row
+        structure, energy = relaxation.structure, relaxation.energy
         row["energy_per_atom"] = energy / len(structure)
-        if reason := S.unphysical_energy(row["energy_per_atom"]):
-            row.update(tier=1, why=reason)
-            return row
         corrected, reason = S.corrected_energy(self.hull.mlff, structure, energy)
         if corrected is not None:
             row["e_above_hull"], reason = self.hull.e_above_hull(structure.composition, corrected)
@@ -223,20 +223,38 @@ class Scorer:
         row["novel"] = self._novel(structure)
         return row
 
+    def energies(self, items: list[tuple[Any, Any, int]]):
+        """(key, Relaxation) for (key, structure, dim) items, as they finish."""
+        from .evaluation.relax import relax_many
+
+        what = f"{self.options.relax_steps}-step relaxations" if self.options.relax_steps else "single points"
+        yield from relax_many(items, self.hull.mlff, steps=self.options.relax_steps, device=self.options.device,
+                              engine=self.options.engine, batch_atoms=self.options.batch_atoms, desc=f"scoring ({what})")
+
 
 def score_round(samples_path: Path, out: Path, scorer: Scorer) -> list[dict[str, Any]]:
-    """scores.jsonl for every refined sample (resumes by id)."""
+    """scores.jsonl for every refined sample (resumes by id): tiers first, then the valid crystals' energies together."""
     from .samples import JsonlWriter, read_jsonl, read_samples
 
     samples = list(read_samples(samples_path))
     done = {r["id"]: r for r in read_jsonl(out)}
+    pending: dict[Any, dict[str, Any]] = {}
+    items = []
     with JsonlWriter(out) as writer:
-        for sample in tqdm(samples, desc="scoring (MLFF single points)", initial=len(done), total=len(samples)):
+        for sample in samples:
             if sample.id in done:
                 continue
-            row = scorer.score(sample)
+            row, structure = scorer.prescreen(sample)
+            if structure is None:
+                writer.write([row])
+                done[sample.id] = row
+            else:
+                pending[sample.id] = row
+                items.append((sample.id, structure, sample.dim or 3))
+        for key, relaxation in scorer.energies(items):
+            row = scorer.finish(pending.pop(key), relaxation)
             writer.write([row])
-            done[sample.id] = row
+            done[key] = row
     return [done[s.id] for s in samples if s.id in done]
 
 
@@ -284,14 +302,46 @@ def round_metrics(samples_path: Path, scores: list[dict[str, Any]], metastable: 
 # ------------------------------------------------------------------------------------------------ training
 
 
-def train_dpo(model: str, adapter: str | None, pairs: list[dict[str, Any]], out: Path, options: TrainOptions) -> Path:
-    """trl's DPOTrainer on a LoRA adapter (a new one, or `adapter` trained further); the reference is the
-    adapter switched off. Writes out/adapter (with the xtallm files a sampler needs); resumes from out/trainer."""
-    import torch
+def rft_examples(pairs: list[dict[str, Any]]) -> list[dict[str, str]]:
+    """Rejection sampling's training set: each distinct chosen sample of the round's pairs once (prompt, completion)."""
+    seen: set[tuple[str, str]] = set()
+    rows = []
+    for p in pairs:
+        key = (p["prompt"], p["chosen"])
+        if key not in seen:
+            seen.add(key)
+            rows.append({"prompt": p["prompt"], "completion": p["chosen"]})
+    return rows
+
+
+def _dpo_trainer(net, tokenizer, pairs, options: "TrainOptions", common: dict[str, Any], peft_config):
     from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    args = DPOConfig(beta=options.beta, **common)
+    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
+    return DPOTrainer(model=net, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+
+
+def _rft_trainer(net, tokenizer, pairs, options: "TrainOptions", common: dict[str, Any], peft_config):
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    args = SFTConfig(completion_only_loss=True, **common)
+    dataset = Dataset.from_list(rft_examples(pairs))
+    return SFTTrainer(model=net, args=args, train_dataset=dataset, processing_class=tokenizer, peft_config=peft_config)
+
+
+TRAINERS = {"dpo": _dpo_trainer, "rft": _rft_trainer}  # train.method -> trl trainer on a round's pairs
+
+
+def train_adapter(model: str, adapter: str | None, pairs: list[dict[str, Any]], out: Path, options: TrainOptions) -> Path:
+    """One round's training with trl on a LoRA adapter (a new one, or `adapter` trained further): DPO (reference = the
+    adapter switched off, the KL anchor) or RFT. Writes out/adapter (with the xtallm files a sampler needs); resumes
+    from out/trainer."""
+    import torch
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import DPOConfig, DPOTrainer
 
     from xtallm.llm.model import base_identity, name_adapter_base, read_xtallm_config, XTALLM_CONFIG
 
@@ -306,16 +356,14 @@ def train_dpo(model: str, adapter: str | None, pairs: list[dict[str, Any]], out:
         net = base
         peft_config = LoraConfig(r=options.lora_r, lora_alpha=options.lora_alpha, lora_dropout=0.0, target_modules="all-linear",
                                  task_type="CAUSAL_LM")
-    args = DPOConfig(
-        output_dir=str(out / "trainer"), beta=options.beta, learning_rate=options.lr, num_train_epochs=options.epochs,
+    common = dict(
+        output_dir=str(out / "trainer"), learning_rate=options.lr, num_train_epochs=options.epochs,
         per_device_train_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
         max_length=options.max_length, save_strategy="steps", save_steps=options.save_steps, save_total_limit=1,
         logging_steps=5, report_to=[], bf16=options.bf16, seed=options.seed, use_cpu=not torch.cuda.is_available(),
         disable_tqdm=False, dataset_num_proc=None,
     )
-    dataset = Dataset.from_list([{k: p[k] for k in ("prompt", "chosen", "rejected")} for p in pairs])
-    trainer = DPOTrainer(model=net, ref_model=None, args=args, train_dataset=dataset, processing_class=tokenizer,
-                         peft_config=peft_config)
+    trainer = TRAINERS[options.method](net, tokenizer, pairs, options, common, peft_config)
     checkpoints = sorted((out / "trainer").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
     result = trainer.train(resume_from_checkpoint=str(checkpoints[-1]) if checkpoints else None)
     final = out / "adapter"
@@ -324,11 +372,12 @@ def train_dpo(model: str, adapter: str | None, pairs: list[dict[str, Any]], out:
     name_adapter_base(final, model)
     info = read_xtallm_config(adapter or model)
     info.pop("base_identity", None)
-    info.update(base_model=model, method="dpo", base_identity=base_identity(base.config, tokenizer))
+    info.update(base_model=model, method=options.method, base_identity=base_identity(base.config, tokenizer))
     (final / XTALLM_CONFIG).write_text(json.dumps(info, indent=2))
     losses = [h["loss"] for h in trainer.state.log_history if "loss" in h]
-    (out / "train.json").write_text(json.dumps({"steps": result.global_step, "train_loss": result.training_loss,
-                                                "loss_history": losses, "pairs": len(pairs)}, indent=2))
+    (out / "train.json").write_text(json.dumps({"method": options.method, "steps": result.global_step, "train_loss": result.training_loss,
+                                                "loss_history": losses, "pairs": len(pairs),
+                                                "examples": len(rft_examples(pairs)) if options.method == "rft" else len(pairs)}, indent=2))
     return final
 
 
@@ -432,7 +481,7 @@ def run_improve(job: ImproveJob) -> dict[str, Any]:
             raise RuntimeError(f"round {index + 1}: no preference pairs (no valid sample beat another); see {folder}/scores.jsonl")
         if not _phase_done(folder, "train"):
             t = time.perf_counter()
-            train_dpo(model, adapter, pairs, folder, c.train)
+            train_adapter(model, adapter, pairs, folder, c.train)
             _mark(folder, "train", time.perf_counter() - t, timing)
         (folder / "seconds.json").write_text(json.dumps(timing, indent=2))
         table[-1]["seconds"] = timing
@@ -463,4 +512,4 @@ def plot_rounds(table: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
-__all__ = ["ImproveConfig", "ImproveJob", "load_improve_config", "run_improve", "train_dpo"]
+__all__ = ["ImproveConfig", "ImproveJob", "load_improve_config", "run_improve", "train_adapter"]

@@ -73,7 +73,7 @@ def test_a_tiny_improve_round_end_to_end_and_a_killed_round_resumes(tmp_path, mo
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("killed in training")
 
-    monkeypatch.setattr(improve_module, "train_dpo", killed)
+    monkeypatch.setattr(improve_module, "train_adapter", killed)
     with pytest.raises(KeyboardInterrupt):
         run_improve(ImproveJob(str(out), load_improve_config(TINY)))
     round0 = out / "round_0"
@@ -104,3 +104,33 @@ def test_a_tiny_improve_round_end_to_end_and_a_killed_round_resumes(tmp_path, mo
     pairs = [json.loads(line) for line in written["pairs.jsonl"].splitlines()]
     assert all(p["chosen_id"] != p["rejected_id"] and p["chosen"] != p["rejected"] for p in pairs)
     assert (out / "rounds.png").exists() and json.loads((round0 / "train.json").read_text())["steps"] >= 1
+
+
+def test_rft_trains_the_adapter_on_each_distinct_chosen_sample_once(tmp_path):
+    """Rejection-sampling fine-tuning (train.method: rft): trl's SFTTrainer on the chosen side of the pairs, each
+    distinct (prompt, chosen) once; the new LoRA adapter moves away from its zero start and records its method."""
+    from safetensors.torch import load_file
+
+    from xtallm.llm.model import resolve_model
+    from xtallm.pipelines.improve import TrainOptions, rft_examples, train_adapter
+
+    text = "3\nNaCl\n225\n"
+    pairs = [{"prompt": "<s>dim=3\n", "chosen": text + "Na 4a\nCl 4b\n", "rejected": text + "Na 4a\n"},
+             {"prompt": "<s>dim=3\n", "chosen": text + "Na 4a\nCl 4b\n", "rejected": text + "Cl 4b\n"},
+             {"prompt": "<s>sg=221\n", "chosen": "3\nCsCl\n221\nCs 1a\nCl 1b\n", "rejected": "3\nCsCl\n221\n"}]
+    assert rft_examples(pairs) == [{"prompt": "<s>dim=3\n", "completion": text + "Na 4a\nCl 4b\n"},
+                                   {"prompt": "<s>sg=221\n", "completion": "3\nCsCl\n221\nCs 1a\nCl 1b\n"}]
+    options = TrainOptions(method="rft", lr=1e-2, epochs=2, batch_size=2, lora_r=4, lora_alpha=8, max_length=128, save_steps=100)
+    adapter = train_adapter(resolve_model(None), None, pairs, tmp_path, options)
+    weights = load_file(adapter / "adapter_model.safetensors")
+    assert any("lora_B" in k and v.abs().max() > 0 for k, v in weights.items())  # B starts at zero: it trained
+    info = json.loads((adapter / "xtallm.json").read_text())
+    record = json.loads((tmp_path / "train.json").read_text())
+    assert info["method"] == "rft" and record["examples"] == 2 and record["steps"] == 2
+
+
+def test_an_unknown_training_method_is_refused_in_one_line():
+    from xtallm.pipelines.improve import load_improve_config
+
+    with pytest.raises(ValueError, match="train.method must be one of dpo, rft"):
+        load_improve_config(TINY, ["train.method=ppo"])
