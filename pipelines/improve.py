@@ -513,3 +513,23 @@ def plot_rounds(table: list[dict[str, Any]], path: Path) -> None:
 
 
 __all__ = ["ImproveConfig", "ImproveJob", "load_improve_config", "run_improve", "train_adapter"]
+
+
+def launched_main(argv: list[str] | None = None) -> int:
+    """`accelerate launch -m xtallm.pipelines.improve --config ... --out ...`: the CLI's improve under Accelerate
+    (its device and mixed-precision settings reach trl's trainers). One process: sampling, refining and scoring
+    run in the launching process, so several processes would each redo them."""
+    import os
+    import sys
+
+    from .cli import main
+
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        print("xtallm improve: runs as one process (sampling, refinement and scoring are not split across processes); "
+              "use `accelerate launch --num_processes 1`", file=sys.stderr)
+        return 2
+    return main(["improve", *(sys.argv[1:] if argv is None else argv)])
+
+
+if __name__ == "__main__":
+    raise SystemExit(launched_main())

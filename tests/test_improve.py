@@ -134,3 +134,11 @@ def test_an_unknown_training_method_is_refused_in_one_line():
 
     with pytest.raises(ValueError, match="train.method must be one of dpo, rft"):
         load_improve_config(TINY, ["train.method=ppo"])
+
+
+def test_accelerate_launch_entry_refuses_several_processes(monkeypatch, capsys):
+    from xtallm.pipelines.improve import launched_main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert launched_main(["--config", str(TINY), "--out", "unused"]) == 2
+    assert "one process" in capsys.readouterr().err
