@@ -63,7 +63,7 @@ def test_every_recipe_and_shipped_file_the_readme_names_exists():
 def test_every_module_the_readme_runs_exists():
     import importlib.util
 
-    modules = set(re.findall(r"python -m (xtallm[\w.]+)", README))
+    modules = set(re.findall(r"(?:python|launch)[^\n]*? -m (xtallm[\w.]+)", README))
     assert modules and all(importlib.util.find_spec(m) is not None for m in modules), modules
 
 
