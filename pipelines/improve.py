@@ -163,27 +163,23 @@ class Scorer:
 
         self.options = options
         self.hull = S.Hull(shipped_file(options.hull))
-        self._reference: dict[str, list] | None = None
+        self._reference = None  # metrics.ReferenceIndex of the training table, built when first asked
 
     def _novel(self, structure) -> bool | None:
+        """No match in the training table: the evaluation's own test (metrics.ReferenceIndex, per formula bucket)."""
         if self.options.novelty_reference is None:
             return None
         if self._reference is None:
             import pandas as pd
 
             from .evaluation.context import cif_column
+            from .evaluation.metrics import ReferenceIndex
             from .samples import read_cif
 
             table = pd.read_csv(self.options.novelty_reference)
-            self._reference = {}
-            for cif in table[cif_column(table, self.options.novelty_reference)]:
-                known = read_cif(cif) if isinstance(cif, str) else None
-                if known is not None:
-                    self._reference.setdefault(known.composition.reduced_formula, []).append(known)
-        from pymatgen.analysis.structure_matcher import StructureMatcher
-
-        matcher = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3)
-        return not any(matcher.fit(structure, known) for known in self._reference.get(structure.composition.reduced_formula, []))
+            known = (read_cif(cif) if isinstance(cif, str) else None for cif in table[cif_column(table, self.options.novelty_reference)])
+            self._reference = ReferenceIndex(s for s in known if s is not None)
+        return not self._reference.contains(structure)
 
     def prescreen(self, sample) -> tuple[dict[str, Any], Any]:
         """The row of a sample without its energy, and the structure whose energy decides the rest (None: settled)."""
@@ -263,22 +259,15 @@ def score_round(samples_path: Path, out: Path, scorer: Scorer) -> list[dict[str,
 
 def round_metrics(samples_path: Path, scores: list[dict[str, Any]], metastable: float) -> dict[str, Any]:
     """What a round's samples say about the model that drew them (rates over all samples)."""
-    from pymatgen.analysis.structure_matcher import StructureMatcher
-
-    from .samples import read_samples
-
+    from .evaluation.metrics import unique_indices
     from .sample import honours_group
+    from .samples import read_samples
 
     samples = {s.id: s for s in read_samples(samples_path)}
     n = max(len(scores), 1)
     e = sorted(r["e_above_hull"] for r in scores if r["e_above_hull"] is not None)
-    structures = [(samples[r["id"]].structure(), r["id"]) for r in scores if r["tier"] >= 2]
-    matcher, kept, buckets = StructureMatcher(stol=0.5, angle_tol=10, ltol=0.3), 0, {}
-    for structure, _ in structures:
-        bucket = buckets.setdefault(structure.composition.reduced_formula, [])
-        if not any(matcher.fit(structure, other) for other in bucket):
-            bucket.append(structure)
-            kept += 1
+    structures = [samples[r["id"]].structure() for r in scores if r["tier"] >= 2]
+    kept = len(unique_indices(structures))  # the evaluation's uniqueness: StructureMatcher within each formula
     asked = [r for r in scores if "sg" in samples[r["id"]].conditions]
     novel = [r["novel"] for r in scores if r["tier"] >= 2 and r["novel"] is not None]
 

@@ -142,3 +142,18 @@ def test_accelerate_launch_entry_refuses_several_processes(monkeypatch, capsys):
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert launched_main(["--config", str(TINY), "--out", "unused"]) == 2
     assert "one process" in capsys.readouterr().err
+
+
+def test_novelty_is_the_evaluations_test_against_the_training_table():
+    import pandas as pd
+
+    from xtallm.pipelines.improve import ScoreOptions, Scorer
+    from xtallm.pipelines.samples import read_cif
+
+    table = REPO / "tokenization" / "examples" / "bulk_examples.csv"
+    scorer = Scorer(ScoreOptions(novelty_reference=str(table)))
+    known = read_cif(pd.read_csv(table)["cif"][0])
+    known.perturb(0.01)  # a training crystal, slightly moved, is still known
+    assert scorer._novel(known) is False
+    assert scorer._novel(Structure(Lattice.cubic(3.3), ["Xe", "Kr"], [[0, 0, 0], [0.5, 0.5, 0.5]])) is True
+    assert Scorer(ScoreOptions())._novel(known) is None  # no table: novelty unknown, never assumed
