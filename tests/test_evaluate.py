@@ -103,11 +103,14 @@ def test_wyckoff_jsd_conditions_and_plots(tmp_path):
     assert r["wyckoff_jsd"] < 1e-9
     expected = sum(1 for i, row in enumerate(rows) if i % 2 or row["group"] == 225) / 40
     assert r["conditional_accuracy"]["sg"]["rate"] == expected
-    assert "band_gap" in r["not_computed"]["conditional_accuracy"]
+    gap = r["property_requests"]["band_gap"]  # every sample asked for 1 eV: shuffling the requests changes nothing
+    assert gap["n_requested"] == 40 and gap["n_scored"] == round(r["validity"] * 40) >= 30  # every valid sample is predicted
+    assert abs(gap["shuffled_mae"] - gap["mae"]) < 1e-9 and gap["predictor_heldout"]["split"] == "mp20-heldout-v1"
     from xtallm.pipelines.evaluation import write_report
 
     write_report(r, tmp_path / "report")
     assert (tmp_path / "report" / "space_groups.png").stat().st_size > 1000
+    assert (tmp_path / "report" / "property_requests.png").stat().st_size > 1000
     assert "![distributions](distributions.png)" in (tmp_path / "report" / "summary.md").read_text()
 
 
@@ -231,24 +234,26 @@ def test_big_formula_bucket_filter_is_exact():
 
 def test_summary_never_contradicts_the_metrics(tmp_path):
     """Issue 27: metrics.json held formation_energy_conditioning (n 3, MAE 1.646) while summary.md said
-    `no property predictor for formation_energy: not evaluated`."""
+    `no property predictor for formation_energy: not evaluated`. Now every property request with a predictor is
+    scored (issue 29) and only what has none is listed as not computed."""
     from types import SimpleNamespace
 
     from xtallm.pipelines.evaluation.report import write_report
-    from xtallm.pipelines.evaluation.suite import conditions, property_conditioning
+    from xtallm.pipelines.evaluation.suite import conditions, property_conditioning, property_requests
 
-    samples = [SimpleNamespace(conditions={"formation_energy": -1.0 - i}) for i in range(3)]
+    nacl = Structure.from_spacegroup("Fm-3m", Lattice.cubic(5.64), ["Na", "Cl"], [[0, 0, 0], [0.5, 0.5, 0.5]])
+    asked = [{"formation_energy": -1.0 - i} for i in range(3)] + [{"band_gap": 2.0}, {"mag_density": 0.1}]
+    samples = [SimpleNamespace(conditions=c) for c in asked]
     details = [{"index": i, "formation_energy_per_atom": -1.5} for i in range(3)]
-    ctx = SimpleNamespace(samples=samples, structures=[None] * 3, groups=[None] * 3, not_computed={},
-                          result={"_stability_details": details}, stability=SimpleNamespace(mlff="sevennet"))
-    result = {**conditions(ctx), **property_conditioning(ctx)}
-    assert "conditional_accuracy" not in ctx.not_computed  # formation energy was judged
+    ctx = SimpleNamespace(samples=samples, structures=[nacl] * 5, groups=[None] * 5, not_computed={}, valid=[True] * 5,
+                          layer=[False] * 5, plots={}, result={"_stability_details": details}, stability=SimpleNamespace(mlff="sevennet"))
+    result = {**conditions(ctx), **property_requests(ctx), **property_conditioning(ctx)}
     fe = result["formation_energy_conditioning"]
     assert fe["n_scored"] == 3 and abs(fe["mae"] - (0.5 + 0.5 + 1.5) / 3) < 1e-9
-    ctx.samples.append(SimpleNamespace(conditions={"band_gap": 2.0}))
-    property_conditioning(ctx)
-    assert ctx.not_computed["conditional_accuracy"] == "no property predictor for band_gap: not evaluated"
-    write_report({"n_samples": 4, **result, "not_computed": ctx.not_computed}, tmp_path)
+    assert result["property_requests"]["formation_energy"]["n_scored"] == 3 and result["property_requests"]["band_gap"]["n_scored"] == 1
+    assert ctx.not_computed == {"property_requests": "mag_density: no predictor"}
+    write_report({"n_samples": 5, **result, "not_computed": ctx.not_computed, "_plots": ctx.plots}, tmp_path)
     summary = (tmp_path / "summary.md").read_text()
     assert "`formation_energy` requested vs achieved: MAE (eV/atom) | 0.8333 (of 3 relaxed" in summary
-    assert "formation_energy: not evaluated" not in summary and "band_gap: not evaluated" in summary
+    assert "`band_gap` requested vs achieved: MAE (eV)" in summary and "held-out MAE" in summary
+    assert "not evaluated" not in summary and "mag_density: no predictor" in summary

@@ -55,6 +55,18 @@ def write_plots(result: dict[str, Any], out: Path) -> list[Path]:
         paths.append(out / "e_above_hull.png")
         fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
         plt.close(fig)
+    if requests := data.get("property_requests"):
+        fig, axes = plt.subplots(1, len(requests), figsize=(4 * len(requests), 3.8), squeeze=False)
+        for ax, (key, (requested, achieved, unit)) in zip(axes[0], requests.items()):
+            jitter = np.random.default_rng(0).normal(0, 0.02 * (np.ptp(requested) or 1), len(requested))
+            ax.scatter(np.asarray(requested) + jitter, achieved, s=6, alpha=0.5)
+            low, high = min(min(requested), min(achieved)), max(max(requested), max(achieved))
+            ax.plot([low, high], [low, high], "k--", lw=0.8)
+            ax.set_xlabel(f"requested {key} ({unit})" if unit else f"requested {key}")
+            ax.set_ylabel("achieved (predictor)")
+        paths.append(out / "property_requests.png")
+        fig.savefig(paths[-1], dpi=120, bbox_inches="tight")
+        plt.close(fig)
     if data.get("sample_thickness") and data.get("reference_thickness"):
         fig, ax = plt.subplots(figsize=(6, 3.5))
         ax.hist([data["reference_thickness"], data["sample_thickness"]], bins=40, density=True,
@@ -86,6 +98,13 @@ def write_report(result: dict[str, Any], out: str | Path) -> None:
         lines.append(f"| {key} | {text} |")
     for key, acc in (result.get("conditional_accuracy") or {}).items():
         lines.append(f"| condition `{key}` honoured | {acc['rate']:.4f} (of {acc['n']} parsed) |")
+    for key, r in (result.get("property_requests") or {}).items():
+        held = r.get("predictor_heldout") or {}
+        error = (f"held-out MAE {held['mae']:.3f} {r['unit']} on {held['split']}" if held else "exact")
+        tolerance = f"{r['tolerance']:.0%} of the request" if r["tolerance_relative"] else f"{r['tolerance']:g} {r['unit']}"
+        lines.append(f"| `{key}` requested vs achieved: MAE ({r['unit'] or 'units'}) | {r['mae']:.4f} (of {r['n_scored']} valid, "
+                     f"{r['n_requested']} requested; shuffled requests: {r['shuffled_mae']:.4f}; within {tolerance}: "
+                     f"{r['within_tolerance']:.4f}, shuffled {r['shuffled_within_tolerance']:.4f}; predictor: {r['predictor']}, {error}) |")
     if fe := result.get("formation_energy_conditioning"):
         lines.append(f"| `formation_energy` requested vs achieved: MAE (eV/atom) | {fe['mae']:.4f} (of {fe['n_scored']} relaxed, "
                      f"{fe['n_requested']} requested; within 0.1: {fe['within_0.1']:.4f}; achieved = {fe['achieved_by']}) |")
