@@ -141,10 +141,15 @@ def _generate(args: argparse.Namespace) -> int:
     config = load_generate_config(args.config, list(args.set))
     config.sample = with_flags(config.sample, args, "sample_")
     config.refine = with_flags(config.refine, args, "refine_")
+    config.screen = with_flags(config.screen, args, "screen_")
     s = run_generate(config, args.out, args.num_samples, parse_condition_args(args.condition), args.conditions_file)
     refined = s["refine"]
     extra = f", {refined['refined']} refined (group kept {refined['group_kept_rate']:.3f})" if refined and refined["group_kept_rate"] is not None else ""
-    if refined:
+    if refined and refined.get("screen"):
+        sc = refined["screen"]
+        extra = (f", {sc['draws']} draws refined, {sc['valid_draws']} valid; kept the closest valid draw for "
+                 f"{sc['samples_with_a_valid_draw']} of {sc['samples']} samples ({sc['valid']} valid)")
+    elif refined:
         redraws = refined.get("redraws")
         first = redraws["valid_first_draw"] if redraws else refined["valid"]
         extra += f", {first} valid{_reasons(refined['invalid_reasons']) if not redraws else ''}"
@@ -214,7 +219,7 @@ def _prompt_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generate(sub) -> None:
-    from .generate import RefineStage, load_generate_config
+    from .generate import RefineStage, ScreenStage, load_generate_config
     from .sample import SampleOptions
 
     g = sub.add_parser("generate", help=COMMANDS["generate"])
@@ -231,6 +236,8 @@ def _add_generate(sub) -> None:
     # read like a request for a group (that is `--condition sg=62`)
     add_flags(g.add_argument_group("refine stage (any `xtallm refine` flag but --group)"), RefineStage, "refine_",
               defaults=defaults.refine, rename={**{k: f"refine_{k}" for k in prefixed}, "enabled": "refine"}, skip=("group",))
+    add_flags(g.add_argument_group("screening (best of N draws by a property predictor)"), ScreenStage, "screen_",
+              defaults=defaults.screen, rename={"draws": "screen"})
     g.set_defaults(func=_generate)
 
 

@@ -2,6 +2,7 @@
 
     xtallm generate --num-samples 100 --out outputs/generate                # the shipped recipe, embedded models
     xtallm generate --config configs/pipeline/monolayers.yaml --condition dim=2 --condition lg=78 --out DIR
+    xtallm generate --condition band_gap=2 --screen 8 --num-samples 100 --out DIR   # best of 8 draws by the predictor
 
 The recipe is configs/pipeline/default.yaml (shipped with the package) unless --config names
 another; its `sample:` section takes every `xtallm sample` setting, its `refine:` section every
@@ -9,6 +10,11 @@ another; its `sample:` section takes every `xtallm sample` setting, its `refine:
 are resumable on their own: DIR/llm/samples.jsonl (the sampler's), then DIR/samples.jsonl +
 DIR/cif/ (the refiner's, same ids, input kept in `raw_cif`). A re-run with the same arguments
 only does what is missing. Without refinement the sampler's rows are copied as they are.
+
+`--screen N` (a property request: band_gap, formation_energy, density, hhi, n_atoms) draws N crystals per sample,
+refines them all (DIR/draws/), and keeps for each sample the valid draw whose predicted properties
+(pipelines/evaluation/properties.py) are closest to the request; a sample with no valid draw keeps its first.
+Every kept row says `draws` and, in `screen`, what the predictor gave; summary.json counts the draws.
 """
 
 from __future__ import annotations
@@ -40,9 +46,16 @@ class RefineStage(RefineSettings):
 
 
 @dataclass
+class ScreenStage:
+    draws: int = option(0, "draw N crystals per sample and keep the valid one whose predicted properties are closest to the "
+                           "property request (band_gap, formation_energy, density, hhi, n_atoms); 0 or 1: off", metavar="N")
+
+
+@dataclass
 class GenerateConfig:
     sample: SampleOptions = field(default_factory=SampleOptions)
     refine: RefineStage = field(default_factory=RefineStage)
+    screen: ScreenStage = field(default_factory=ScreenStage)
 
 
 def load_generate_config(path: str | None, overrides: list[str] | None = None) -> GenerateConfig:
@@ -63,12 +76,24 @@ def run_generate(
     r = config.refine
     if r.enabled and r.checkpoint is not None and not Path(r.checkpoint, "refiner.json").exists():  # before the sampling
         raise FileNotFoundError(f"--checkpoint {r.checkpoint}: not a refiner checkpoint (no refiner.json)")
+    draws = config.screen.draws
+    if draws > 1:
+        check_screen(config, conditions, conditions_file)
     started = time.perf_counter()
-    sampled = run_sample(SampleJob(str(out / "llm"), num_samples, conditions or {}, conditions_file, s))
+    sampled = run_sample(SampleJob(str(out / "llm"), num_samples * max(draws, 1), conditions or {}, conditions_file, s))
     sample_seconds = time.perf_counter() - started
     r = config.refine
     refined = None
-    if r.enabled:
+    if draws > 1:
+        settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
+        settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
+        refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out / "draws"), RefineSettings(**{**settings, "relax": False})))
+        refined["screen"] = screen_draws(out, draws, write_cifs=r.write_cifs)
+        if r.relax:
+            from .relax_stage import run_relax_stage
+
+            refined["relax"] = run_relax_stage(out, RefineSettings(**settings))
+    elif r.enabled:
         settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
         settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
         redraws = r.redraw_invalid > 0
@@ -83,7 +108,8 @@ def run_generate(
     else:
         shutil.copyfile(out / "llm" / "samples.jsonl", out / "samples.jsonl")
     summary = {
-        "samples": sampled["samples"],
+        "samples": refined["screen"]["samples"] if draws > 1 else sampled["samples"],
+        "draws": sampled["samples"],
         "parse_rate": sampled["parse_rate"],
         "groups": sampled["groups"],
         "dims": sampled["dims"],
@@ -139,4 +165,75 @@ def redraw_invalid(config: GenerateConfig, out: Path, settings: dict[str, Any], 
             "valid_with_redraws": sum(bool(r.valid) for r in final.values()), "samples": len(final), "draws": draws}
 
 
-__all__ = ["GenerateConfig", "RefineStage", "load_generate_config", "run_generate"]
+def check_screen(config: GenerateConfig, conditions: dict[str, Any] | None, conditions_file: str | None) -> None:
+    """Before any sampling: screening needs refinement, no redraws, and a property request its predictor can score."""
+    from xtallm.llm.prompts import read_conditions_file
+
+    from .evaluation import properties as P
+
+    if not config.refine.enabled:
+        raise ValueError("--screen keeps the best refined draw: it needs the refine stage (drop --no-refine)")
+    if config.refine.redraw_invalid:
+        raise ValueError("--screen and --redraw-invalid together: screening already draws several crystals per sample; use one")
+    sets = read_conditions_file(conditions_file) if conditions_file else [conditions or {}]
+    for c in sets:
+        keys = [k for k in c if k in P.PREDICTORS]
+        if not keys:
+            raise ValueError(f"--screen needs a property request with a predictor ({', '.join(P.PREDICTORS)}), e.g. "
+                             f"--condition band_gap=2; the prompt {c or '(unconditional)'} has none")
+        for key in keys:
+            if not P.available(key):
+                raise P.PredictorUnavailable(f'--screen {key}: its predictor is not installed: pip install -e ".[properties]"')
+
+
+def screen_draws(out: Path, draws: int, write_cifs: bool = True) -> dict[str, Any]:
+    """DIR/samples.jsonl (+ cif/) from DIR/draws/: per sample (draws `p{p}-{k}`, k // draws = the sample), the valid
+    draw closest to its request (sum over the requested properties of |predicted - requested| / the predictor's
+    tolerance); a sample with no valid draw keeps its first. Rewritten from the draws on every run."""
+    from .evaluation import properties as P
+    from .refine import write_sample_files
+    from .samples import SampleWriter, read_samples
+
+    rows = list(read_samples(out / "draws" / "samples.jsonl"))
+    groups: dict[str, list] = {}
+    for row in rows:
+        prompt, _, k = row.id.rpartition("-")
+        groups.setdefault(f"{prompt}-{int(k) // draws}", []).append(row)
+    predicted: dict[str, dict[str, float | None]] = {row.id: {} for row in rows}
+    for key in sorted({k for row in rows for k in row.conditions if k in P.PREDICTORS}):
+        which = [row for row in rows if key in row.conditions and row.valid]
+        values = P.predictor(key).predict([row.structure() for row in which], [row.dim or 3 for row in which])
+        for row, value in zip(which, values):
+            predicted[row.id][key] = value
+
+    def distance(row) -> float:
+        total = 0.0
+        for key, value in predicted[row.id].items():
+            if value is None:
+                return float("inf")
+            p, asked = P.predictor(key), float(row.conditions[key])
+            scale = p.tolerance * abs(asked) if p.relative else p.tolerance
+            total += abs(value - asked) / (scale if scale > 0 else 1.0)  # n_atoms (exact): atoms off
+        return total
+
+    kept, n_valid_draws = [], 0
+    for sid, group in groups.items():
+        valid = [row for row in group if row.valid and predicted[row.id] and distance(row) < float("inf")]
+        n_valid_draws += len(valid)
+        best = min(valid, key=distance) if valid else group[0]
+        kept.append(replace(best, id=sid, draws=len(group), extra={**best.extra, "screen": {
+            "draw": best.id, "predicted": predicted[best.id], "valid_draws": len(valid)}}))
+    tmp = out / "samples.jsonl.screened"
+    tmp.unlink(missing_ok=True)
+    writer = SampleWriter(tmp)
+    writer.write(kept)
+    writer.close()
+    tmp.replace(out / "samples.jsonl")
+    if write_cifs:
+        (out / "cif").mkdir(parents=True, exist_ok=True)
+        write_sample_files(kept, out / "cif")
+    return {"draws": len(rows), "draws_per_sample": draws, "samples": len(kept), "valid_draws": n_valid_draws,
+            "valid": sum(bool(r.valid) for r in kept), "samples_with_a_valid_draw": sum(r.extra["screen"]["valid_draws"] > 0 for r in kept)}
+
+
+__all__ = ["GenerateConfig", "RefineStage", "ScreenStage", "load_generate_config", "run_generate"]

@@ -143,7 +143,7 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
                 rows = [r for r in _refine_chunk(refiner, part, dataclasses.replace(o, seed=o.seed + 10_007 * k))
                         if r.id not in writer.done]
                 if o.write_cifs:
-                    _write_files(rows, cif_dir)
+                    write_sample_files(rows, cif_dir)
                 writer.write(rows)
                 bar.update(len(missing))
     writer.close()
@@ -217,7 +217,7 @@ def _refined_sample(sample: Sample, record: CrystalRecord | None, note: str | No
     return out
 
 
-def _write_files(rows: list[Sample], cif_dir: Path) -> None:
+def write_sample_files(rows: list[Sample], cif_dir: Path) -> None:
     for r in rows:
         if r.cif:
             (cif_dir / f"{_safe(r.id)}.cif").write_text(r.cif)

@@ -162,7 +162,7 @@ def relaxed_sample(sample: Sample, calculator, options: RelaxOptions) -> Sample:
 
 def run_relax_stage(out: str | Path, settings: "RefineSettings") -> dict[str, Any]:
     """Relax every row of out/samples.jsonl not yet in out/relaxed/samples.jsonl; returns (and writes) the summary."""
-    from .refine import _count, _write_files
+    from .refine import _count, write_sample_files
 
     options = relax_options(settings)
     out = Path(out)
@@ -195,10 +195,10 @@ def run_relax_stage(out: str | Path, settings: "RefineSettings") -> dict[str, An
                     pending.append(relaxed_sample(sample, calculator, options))
                     bar.update()
                     if len(pending) >= WRITE_EVERY[0] or time.perf_counter() - last >= WRITE_EVERY[1]:
-                        _write(writer, pending, folder, settings.write_cifs, _write_files)
+                        _write(writer, pending, folder, settings.write_cifs, write_sample_files)
                         pending, last = [], time.perf_counter()
     finally:  # the crystals finished before a Ctrl-C or an error are kept
-        _write(writer, pending, folder, settings.write_cifs, _write_files)
+        _write(writer, pending, folder, settings.write_cifs, write_sample_files)
         writer.close()
     elapsed = time.perf_counter() - started
     ids = {r.id for r in rows}

@@ -94,7 +94,7 @@ def test_sample_and_generate_share_one_declaration_of_each_setting():
     assert issubclass(SampleOptions, SamplingOptions) and issubclass(RefineSettings, RefineOptions)
     assert issubclass(RefineStage, RefineSettings)
     types = {f.name: f.type for f in fields(GenerateConfig)}
-    assert types == {"sample": "SampleOptions", "refine": "RefineStage"}
+    assert types == {"sample": "SampleOptions", "refine": "RefineStage", "screen": "ScreenStage"}
     config = load_generate_config(None)  # the shipped recipe, found from the installed package
     assert config.sample.constrained and config.refine.steps == 50 and RefineOptions().steps == 200
 
