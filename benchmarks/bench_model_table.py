@@ -97,7 +97,7 @@ def table(args) -> None:
     text = "\n".join(lines)
     RESULTS.mkdir(parents=True, exist_ok=True)
     out = {"date": time.strftime("%Y-%m-%d"), "labels": args.labels, "columns": columns,
-           "protocol": "1,000 dim=3 samples (constrained, no redraws) + 200 held-out prompts each of sg=/elements=/formula= "
+           "protocol": f"1,000 dim=3 samples (constrained, no redraws) + {args.prompts} held-out prompts each of sg=/elements=/formula= "
                        "(mp20-heldout-v1, seed 25); refined with the shipped refiner --steps 50 (tau 0.2); xtallm evaluate against "
                        "mp20-heldout-v1, novelty against the bulk training rows"}
     (RESULTS / "model_table.json").write_text(json.dumps(out, indent=1) + "\n")
