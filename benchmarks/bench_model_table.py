@@ -83,7 +83,9 @@ def _column(work: Path) -> dict:
         column[f"{key}= parse rate"] = conditional[key]["parse_rate"]
     column["crystals/s (CPU vLLM, constrained)"] = sampled.get("samples_per_s")
     column["tokens/s (CPU vLLM, constrained)"] = sampled.get("tokens_per_s")
-    column["refine crystals/s (CPU)"] = refined["samples"] / refined["wall_seconds"] if refined.get("wall_seconds") else None
+    # a resumed refinement's wall time covers the rows it refined in its last run only
+    now = refined.get("refined_now", refined["samples"])
+    column["refine crystals/s (CPU, loaded)"] = now / refined["wall_seconds"] if refined.get("wall_seconds") and now else None
     return column
 
 
