@@ -102,7 +102,9 @@ def load_model(config: FinetuneConfig, tokenizer: PreTrainedTokenizerBase, dtype
 
 def _local_device_map() -> dict[str, int | str]:
     """4-bit weights must sit on this process's device (one per DDP rank)."""
-    if torch.cuda.is_available():
+    from xtallm.configs.training import default_device
+
+    if default_device() == "cuda":
         from accelerate import PartialState
 
         return {"": PartialState().local_process_index}
@@ -270,7 +272,10 @@ def load_default_model(adapter: str | None = None, device: str | None = None, dt
     Weights are stored in bf16 to keep the repository small; on CPU they are loaded as fp32
     (bf16 matmuls are slow or missing on many CPUs), on GPU as bf16.
     """
-    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device is None:
+        from xtallm.configs.training import default_device
+
+        device = default_device()
     dtype = dtype or (torch.bfloat16 if device.startswith("cuda") else torch.float32)
     path = default_model_path()
     model = AutoModelForCausalLM.from_pretrained(str(path), dtype=dtype).to(device)

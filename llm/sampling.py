@@ -131,9 +131,9 @@ def adapter_rank(adapter: str) -> int:
 
 
 def _on_gpu() -> bool:
-    import torch
+    from xtallm.configs.training import default_device
 
-    return torch.cuda.is_available()
+    return default_device() == "cuda"
 
 
 class VllmSampler:
@@ -211,7 +211,9 @@ class HfSampler:
         import torch
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        from xtallm.configs.training import default_device
+
+        device = default_device()
         dtype = torch.bfloat16 if device == "cuda" else torch.float32
         self.model = AutoModelForCausalLM.from_pretrained(model, dtype=dtype).to(device)
         if adapters:

@@ -332,6 +332,7 @@ def train_adapter(model: str, adapter: str | None, pairs: list[dict[str, Any]], 
     from peft import LoraConfig, PeftModel
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from xtallm.configs.training import default_device
     from xtallm.llm.model import base_identity, name_adapter_base, read_xtallm_config, XTALLM_CONFIG
 
     tokenizer = AutoTokenizer.from_pretrained(model)
@@ -349,7 +350,7 @@ def train_adapter(model: str, adapter: str | None, pairs: list[dict[str, Any]], 
         output_dir=str(out / "trainer"), learning_rate=options.lr, num_train_epochs=options.epochs,
         per_device_train_batch_size=options.batch_size, gradient_accumulation_steps=options.grad_accum,
         max_length=options.max_length, save_strategy="steps", save_steps=options.save_steps, save_total_limit=1,
-        logging_steps=5, report_to=[], bf16=options.bf16, seed=options.seed, use_cpu=not torch.cuda.is_available(),
+        logging_steps=5, report_to=[], bf16=options.bf16, seed=options.seed, use_cpu=default_device() == "cpu",
         disable_tqdm=False, dataset_num_proc=None,
     )
     trainer = TRAINERS[options.method](net, tokenizer, pairs, options, common, peft_config)

@@ -92,9 +92,9 @@ def server_command(job: ServeJob) -> tuple[list[str], str, dict[str, str]]:
 
 
 def _on_gpu() -> bool:
-    import torch
+    from xtallm.configs.training import default_device
 
-    return torch.cuda.is_available()
+    return default_device() == "cuda"
 
 
 def _ready(url: str) -> bool:
