@@ -54,9 +54,24 @@ def run(args) -> None:
     subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", "generate", "--conditions-file", str(PROMPTS), "--num-samples",
                     str(args.per_request), "--screen", str(args.draws), "--out", str(work / "gen")], check=True)
     (work / "generate_seconds.txt").write_text(f"{time.perf_counter() - started:.0f}\n")
+    evaluate(args)
+
+
+def _present(path: Path) -> set[int]:
+    with open(path) as f:
+        return {int(json.loads(line)["id"].rpartition("-")[0].lstrip("p")) for line in f}
+
+
+def evaluate(args) -> None:
+    """Each prompt family of each arm through `xtallm evaluate` (a family whose draws are not all there is skipped)."""
+    work = Path(args.work)
     prompts = pd.read_csv(PROMPTS, dtype=str, keep_default_na=False)
+    present = _present(work / "gen" / "draws" / "samples.jsonl")
     for arm, src in (("drawn", work / "gen" / "draws" / "samples.jsonl"), ("screened", work / "gen" / "samples.jsonl")):
         for name, rows in families(prompts).items():
+            if not set(rows) <= present:
+                print(f"{name}: not all its draws are refined; skipped", flush=True)
+                continue
             out = work / "eval" / arm / name.replace(" ", "_").replace("=", "").replace(",", "")
             if (out / "metrics.json").exists():
                 continue
@@ -72,6 +87,8 @@ def report(args) -> None:
     summary = json.loads((work / "gen" / "summary.json").read_text())
     result = {"date": time.strftime("%Y-%m-%d"), "prompts": str(PROMPTS.relative_to(ROOT)), "generate": summary, "families": {}}
     for name in families(prompts):
+        if not (work / "eval" / "drawn" / name.replace(" ", "_").replace("=", "").replace(",", "") / "metrics.json").exists():
+            continue
         entry = {}
         for arm in ("drawn", "screened"):
             m = json.loads((work / "eval" / arm / name.replace(" ", "_").replace("=", "").replace(",", "") / "metrics.json").read_text())
@@ -98,11 +115,15 @@ def main() -> int:
     r.add_argument("--per-request", type=int, default=25, help="screened samples per prompt row")
     r.add_argument("--draws", type=int, default=4, help="draws per screened sample")
     r.add_argument("--num-proc", type=int, default=1)
+    e = sub.add_parser("evaluate", help="only the evaluations (DIR/gen from a run, or screened from part of its draws)")
+    e.add_argument("--work", required=True)
+    e.add_argument("--reference", required=True)
+    e.add_argument("--num-proc", type=int, default=1)
     w = sub.add_parser("report")
     w.add_argument("--work", required=True)
     w.add_argument("--out", required=True)
     args = parser.parse_args()
-    {"run": run, "report": report}[args.what](args)
+    {"run": run, "evaluate": evaluate, "report": report}[args.what](args)
     return 0
 
 

@@ -101,3 +101,18 @@ def test_screen_refuses_a_prompt_without_a_property_in_one_line(tmp_path, capsys
                  "--condition", "sg=225"])
     assert code != 0 and "--screen needs a property request with a predictor" in capsys.readouterr().err
     assert not (tmp_path / "g" / "llm").exists()  # refused before any sampling
+
+
+def test_a_property_request_is_screened_by_default_and_nothing_else_is():
+    from dataclasses import replace
+
+    from xtallm.pipelines.generate import AUTO_SCREEN_DRAWS, auto_screen
+
+    config = load_generate_config(None)
+    assert config.screen.draws is None and AUTO_SCREEN_DRAWS > 1  # the shipped recipe leaves it to the prompt
+    assert auto_screen(config, {"dim": 3, "band_gap": 2.0}, None)
+    assert auto_screen(config, {"dim": 3, "sg": 225, "formation_energy": -1.0}, None)
+    assert not auto_screen(config, {"dim": 3, "sg": 225}, None)  # nothing a predictor scores
+    assert not auto_screen(config, {"dim": 3, "mag_density": 0.1}, None)  # a property with no predictor
+    assert not auto_screen(replace(config, refine=replace(config.refine, redraw_invalid=2)), {"band_gap": 2.0}, None)
+    assert not auto_screen(replace(config, refine=replace(config.refine, enabled=False)), {"band_gap": 2.0}, None)
