@@ -67,8 +67,9 @@ class ScoreOptions:
 
 @dataclass
 class TrainOptions:
-    method: str = option("dpo", "dpo: trl's DPOTrainer on the round's pairs; rft: rejection-sampling fine-tuning, trl's SFTTrainer "
-                                "on the round's chosen samples (the pair builder's filtered, de-duplicated winners)")
+    method: str = option("rft", "rft: rejection-sampling fine-tuning, trl's SFTTrainer on the round's chosen samples (the pair "
+                                "builder's filtered, de-duplicated winners; kept metastability better, docs/benchmarks.md); dpo: "
+                                "trl's DPOTrainer on the round's pairs")
     beta: float = option(0.1, "DPO's beta: the KL anchor to the start model (the adapter switched off)")
     lr: float = option(5e-5, "learning rate")
     epochs: float = option(1.0, "passes over a round's pairs")
