@@ -40,6 +40,11 @@ def families(prompts: pd.DataFrame) -> dict[str, list[int]]:
     return out
 
 
+def _folder(family: str) -> str:
+    """A prompt family's evaluation folder name."""
+    return family.replace(" ", "_").replace("=", "").replace(",", "")
+
+
 def _subset(src: Path, prompts: list[int], dst: Path) -> None:
     keep = {f"p{p}" for p in prompts}
     with open(src) as f, open(dst, "w") as g:
@@ -72,7 +77,7 @@ def evaluate(args) -> None:
             if not set(rows) <= present:
                 print(f"{name}: not all its draws are refined; skipped", flush=True)
                 continue
-            out = work / "eval" / arm / name.replace(" ", "_").replace("=", "").replace(",", "")
+            out = work / "eval" / arm / _folder(name)
             if (out / "metrics.json").exists():
                 continue
             out.mkdir(parents=True, exist_ok=True)
@@ -87,11 +92,11 @@ def report(args) -> None:
     summary = json.loads((work / "gen" / "summary.json").read_text())
     result = {"date": time.strftime("%Y-%m-%d"), "prompts": str(PROMPTS.relative_to(ROOT)), "generate": summary, "families": {}}
     for name in families(prompts):
-        if not (work / "eval" / "drawn" / name.replace(" ", "_").replace("=", "").replace(",", "") / "metrics.json").exists():
+        if not (work / "eval" / "drawn" / _folder(name) / "metrics.json").exists():
             continue
         entry = {}
         for arm in ("drawn", "screened"):
-            m = json.loads((work / "eval" / arm / name.replace(" ", "_").replace("=", "").replace(",", "") / "metrics.json").read_text())
+            m = json.loads((work / "eval" / arm / _folder(name) / "metrics.json").read_text())
             entry[arm] = {"n_samples": m["n_samples"], "validity": m["validity"], "struct_validity": m["struct_validity"],
                           "property_requests": m.get("property_requests"), "conditional_accuracy": m.get("conditional_accuracy")}
         result["families"][name] = entry

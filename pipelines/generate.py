@@ -91,9 +91,10 @@ def run_generate(
     sample_seconds = time.perf_counter() - started
     r = config.refine
     refined = None
+    # the refine stage's settings; seed and vacuum follow the sampler unless the recipe sets them
+    settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
+    settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
     if draws > 1:
-        settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
-        settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
         refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out / "draws"), RefineSettings(**{**settings, "relax": False})))
         refined["screen"] = screen_draws(out, draws, write_cifs=r.write_cifs)
         if r.relax:
@@ -101,8 +102,6 @@ def run_generate(
 
             refined["relax"] = run_relax_stage(out, RefineSettings(**settings))
     elif r.enabled:
-        settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
-        settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
         redraws = r.redraw_invalid > 0
         # with redraws, the optional relaxation waits until the redrawn rows are in (it relaxes the final rows once)
         refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out), RefineSettings(**{**settings, "relax": r.relax and not redraws})))
@@ -137,7 +136,7 @@ def redraw_invalid(config: GenerateConfig, out: Path, settings: dict[str, Any], 
     take the first valid redraw, for up to `rounds` rounds. DIR/samples.jsonl then holds the final rows (same
     ids, `draws` counting every draw); the first draws stay in DIR/first_draws.jsonl: their validity is the
     protocol figure. Each round is a resumable sample + refine stage in DIR/redraws/round_<k>/."""
-    from .samples import SampleWriter, read_samples
+    from .samples import read_samples
     from .sample import REDRAW_SEED_STEP
 
     final = {row.id: row for row in read_samples(out / "samples.jsonl")}
@@ -162,14 +161,21 @@ def redraw_invalid(config: GenerateConfig, out: Path, settings: dict[str, Any], 
             if new is not None and new.valid:
                 new = replace(new, id=row.id, draws=(row.draws or 1) + k, extra={**new.extra, "redraw_round": k})
                 final[row.id] = new
-    tmp = out / "samples.jsonl.redrawn"
-    tmp.unlink(missing_ok=True)
-    writer = SampleWriter(tmp)
-    writer.write(list(final.values()))
-    writer.close()
-    tmp.replace(out / "samples.jsonl")
+    _replace_samples(out / "samples.jsonl", list(final.values()))
     return {"rounds": rounds, "valid_first_draw": sum(bool(r.valid) for r in first_rows.values()),
             "valid_with_redraws": sum(bool(r.valid) for r in final.values()), "samples": len(final), "draws": draws}
+
+
+def _replace_samples(path: Path, rows: list) -> None:
+    """Write `rows` as the stage's final samples file at once (a killed run never leaves it half-written)."""
+    from .samples import SampleWriter
+
+    tmp = path.with_name(path.name + ".partial")
+    tmp.unlink(missing_ok=True)
+    writer = SampleWriter(tmp)
+    writer.write(rows)
+    writer.close()
+    tmp.replace(path)
 
 
 def check_screen(config: GenerateConfig, conditions: dict[str, Any] | None, conditions_file: str | None) -> None:
@@ -208,7 +214,7 @@ def screen_draws(out: Path, draws: int, write_cifs: bool = True) -> dict[str, An
     tolerance); a sample with no valid draw keeps its first. Rewritten from the draws on every run."""
     from .evaluation import properties as P
     from .refine import write_sample_files
-    from .samples import SampleWriter, read_samples
+    from .samples import read_samples
 
     rows = list(read_samples(out / "draws" / "samples.jsonl"))
     groups: dict[str, list] = {}
@@ -239,12 +245,7 @@ def screen_draws(out: Path, draws: int, write_cifs: bool = True) -> dict[str, An
         best = min(valid, key=distance) if valid else group[0]
         kept.append(replace(best, id=sid, draws=len(group), extra={**best.extra, "screen": {
             "draw": best.id, "predicted": predicted[best.id], "valid_draws": len(valid)}}))
-    tmp = out / "samples.jsonl.screened"
-    tmp.unlink(missing_ok=True)
-    writer = SampleWriter(tmp)
-    writer.write(kept)
-    writer.close()
-    tmp.replace(out / "samples.jsonl")
+    _replace_samples(out / "samples.jsonl", kept)
     if write_cifs:
         (out / "cif").mkdir(parents=True, exist_ok=True)
         write_sample_files(kept, out / "cif")

