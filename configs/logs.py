@@ -17,6 +17,7 @@ NOISY = ("vllm", "transformers", "datasets", "accelerate", "torch", "matminer", 
 def quiet_third_party(verbose: bool) -> None:
     """Silence third-party warnings and logs in this process and the ones it starts (vLLM's engine)."""
     if verbose:
+        os.environ["XTALLM_VERBOSE"] = "1"  # read by what starts later (a Ray cluster's worker logs)
         return
     import warnings
 

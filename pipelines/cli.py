@@ -142,6 +142,7 @@ def _generate(args: argparse.Namespace) -> int:
     config.sample = with_flags(config.sample, args, "sample_")
     config.refine = with_flags(config.refine, args, "refine_")
     config.screen = with_flags(config.screen, args, "screen_")
+    config.ray = with_flags(config.ray, args, "ray_")
     s = run_generate(config, args.out, args.num_samples, parse_condition_args(args.condition), args.conditions_file)
     refined = s["refine"]
     extra = f", {refined['refined']} refined (group kept {refined['group_kept_rate']:.3f})" if refined and refined["group_kept_rate"] is not None else ""
@@ -219,7 +220,7 @@ def _prompt_flags(p: argparse.ArgumentParser) -> None:
 
 
 def _add_generate(sub) -> None:
-    from .generate import RefineStage, ScreenStage, load_generate_config
+    from .generate import RaySection, RefineStage, ScreenStage, load_generate_config
     from .sample import SampleOptions
 
     g = sub.add_parser("generate", help=COMMANDS["generate"])
@@ -235,7 +236,8 @@ def _add_generate(sub) -> None:
     # --group is for input files that declare none; every generated row declares its own group, and the flag
     # read like a request for a group (that is `--condition sg=62`)
     add_flags(g.add_argument_group("refine stage (any `xtallm refine` flag but --group)"), RefineStage, "refine_",
-              defaults=defaults.refine, rename={**{k: f"refine_{k}" for k in prefixed}, "enabled": "refine"}, skip=("group",))
+              defaults=defaults.refine, rename={**{k: f"refine_{k}" for k in prefixed}, "enabled": "refine"}, skip=("group", "ray"))
+    add_flags(g.add_argument_group("Ray (recipe section ray:)"), RaySection, "ray_", defaults=defaults.ray, rename={"address": "ray"})
     add_flags(g.add_argument_group("screening (best of N draws by a property predictor)"), ScreenStage, "screen_",
               defaults=defaults.screen, rename={"draws": "screen"})
     g.set_defaults(func=_generate)

@@ -29,6 +29,7 @@ from typing import Any
 from xtallm.configs.recipe import load_recipe, option, shipped
 from xtallm.llm.model import resolve_model
 
+from .parallel import RAY_HELP, check_address
 from .refine import RefineJob, RefineSettings, run_refine
 from .sample import SampleJob, SampleOptions, run_sample
 
@@ -57,10 +58,17 @@ class ScreenStage:
 
 
 @dataclass
+class RaySection:
+    address: str | None = option(None, RAY_HELP + ": the refine stage's chunks run there (sampling stays in this process "
+                                       "on CPUs: vLLM's CPU backend does not run under Ray)", metavar="ADDRESS")
+
+
+@dataclass
 class GenerateConfig:
     sample: SampleOptions = field(default_factory=SampleOptions)
     refine: RefineStage = field(default_factory=RefineStage)
     screen: ScreenStage = field(default_factory=ScreenStage)
+    ray: RaySection = field(default_factory=RaySection)
 
 
 def load_generate_config(path: str | None, overrides: list[str] | None = None) -> GenerateConfig:
@@ -79,6 +87,9 @@ def run_generate(
     out = Path(out)
     s = config.sample
     r = config.refine
+    if r.ray is not None:
+        raise ValueError(f"refine.ray: {r.ray!r}: a pipeline names its Ray cluster once, as ray.address")
+    check_address(config.ray.address)
     if r.enabled and r.checkpoint is not None and not Path(r.checkpoint, "refiner.json").exists():  # before the sampling
         raise FileNotFoundError(f"--checkpoint {r.checkpoint}: not a refiner checkpoint (no refiner.json)")
     draws = config.screen.draws
@@ -93,7 +104,8 @@ def run_generate(
     refined = None
     # the refine stage's settings; seed and vacuum follow the sampler unless the recipe sets them
     settings = {k: getattr(r, k) for k in RefineSettings.__dataclass_fields__}
-    settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum)
+    settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum,
+                    ray=config.ray.address)
     if draws > 1:
         refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out / "draws"), RefineSettings(**{**settings, "relax": False})))
         refined["screen"] = screen_draws(out, draws, write_cifs=r.write_cifs)

@@ -33,6 +33,7 @@ from xtallm.tokenization.symmetrize import fit_to_group
 from xtallm.tokenization.symmetry import GroupId
 
 from .evaluation.metrics import validity
+from .parallel import RAY_HELP, Workers, check_address, imap
 from .evaluation.stability import DEFAULT_FMAX, MAX_STEPS, MLFFS
 from .samples import ReadReport, Sample, SampleWriter, load_samples, read_cif, read_samples, structure_cif
 
@@ -56,6 +57,8 @@ class RefineSettings(RefineOptions):
     relax_mlff: str = option("sevennet", "potential of the relaxation", choices=tuple(MLFFS))
     relax_steps: int = option(MAX_STEPS, "FIRE steps at most per crystal in the relaxation")
     relax_fmax: float = option(DEFAULT_FMAX, "force convergence of the relaxation, eV/Å")
+    ray: str | None = option(None, RAY_HELP + "; each chunk of 2 x batch_size rows is a task (with --device cuda, one holding "
+                                   "a GPU), seeded as now, so rows do not depend on where a chunk ran", metavar="ADDRESS")
 
     def check(self) -> None:
         super().check()
@@ -64,6 +67,7 @@ class RefineSettings(RefineOptions):
         relax_options(self)  # `xtallm relax`'s rules, named by this command's flags
         if self.group is not None:
             _declared_group(self.group)  # a bad --group is refused before the refiner loads
+        check_address(self.ray)
 
 
 @dataclass
@@ -124,24 +128,29 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
     todo = [s for s in samples if s.id not in writer.done]
     started = time.perf_counter()
     if todo:
-        from xtallm.refiner.pretrained import default_refiner_path
-
-        refiner = load_refiner(o.checkpoint or default_refiner_path(), o.device or default_device())
         cif_dir = out / "cif"
         if o.write_cifs:
             cif_dir.mkdir(parents=True, exist_ok=True)
         # Chunks are fixed slices of the input, each with its own seed, written whole: a resumed run
         # refines a chunk exactly as an uninterrupted one would (a half-written chunk is redone whole,
-        # and only its missing rows are written).
+        # and only its missing rows are written). Under Ray each chunk is a task; the rows come back in
+        # input order and only this process writes them.
         size = max(2 * o.batch_size, 2)
+        tasks = [(samples[start : start + size], dataclasses.replace(o, seed=o.seed + 10_007 * k))
+                 for k, start in enumerate(range(0, len(samples), size))]
+        tasks = [task for task in tasks if any(s.id not in writer.done for s in task[0])]
+        if o.ray:
+            gpu = 1 if (o.device or "").startswith("cuda") else 0
+            refined_chunks = imap(refine_chunk_task, tasks, Workers(ray=o.ray), num_gpus=gpu)
+        else:
+            from xtallm.refiner.pretrained import default_refiner_path
+
+            refiner = load_refiner(o.checkpoint or default_refiner_path(), o.device or default_device())
+            refined_chunks = (_refine_chunk(refiner, part, options) for part, options in tasks)
         with tqdm(total=len(todo), desc=f"refining (tau {o.tau})") as bar:
-            for k, start in enumerate(range(0, len(samples), size)):
-                part = samples[start : start + size]
+            for (part, _), chunk_rows in zip(tasks, refined_chunks):
                 missing = [s for s in part if s.id not in writer.done]
-                if not missing:
-                    continue
-                rows = [r for r in _refine_chunk(refiner, part, dataclasses.replace(o, seed=o.seed + 10_007 * k))
-                        if r.id not in writer.done]
+                rows = [r for r in chunk_rows if r.id not in writer.done]
                 if o.write_cifs:
                     write_sample_files(rows, cif_dir)
                 writer.write(rows)
@@ -174,6 +183,21 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
         summary["relax"] = run_relax_stage(out, o)
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
     return summary
+
+
+_REFINER: tuple[tuple[str | None, str], Any] | None = None  # ((checkpoint, device), refiner): one per Ray worker
+
+
+def refine_chunk_task(task: tuple[list[Sample], RefineSettings]) -> list[Sample]:
+    """One chunk refined in a Ray worker; the refiner is loaded on the worker's first chunk and kept."""
+    global _REFINER
+    from xtallm.refiner.pretrained import default_refiner_path
+
+    part, o = task
+    key = (o.checkpoint, o.device or default_device())
+    if _REFINER is None or _REFINER[0] != key:
+        _REFINER = (key, load_refiner(o.checkpoint or default_refiner_path(), key[1]))
+    return _refine_chunk(_REFINER[1], part, o)
 
 
 def _refine_chunk(refiner, part: list[Sample], o: RefineSettings) -> list[Sample]:

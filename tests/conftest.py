@@ -13,6 +13,9 @@ REPO = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 SHARED_DATA = Path(os.environ.get("XTALLM_SHARED_DATA", REPO.parent / "shared" / "data"))
 os.environ.setdefault("XTALLM_DATA", str(SHARED_DATA))  # what pipelines.training_data reads by default
+# Ray (tests/test_ray.py): read when Ray is imported; keeps every test cluster on 127.0.0.1, and nothing is reported home
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 def shared_file(relative: str) -> Path:

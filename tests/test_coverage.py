@@ -79,13 +79,13 @@ def test_reference_cache_is_keyed_by_content(tmp_path):
     df = read_shared("mp20/val.csv.xz", n=5, seed=13)
     ref = tmp_path / "ref.csv"
     df.to_csv(ref, index=False)
-    s1, c1 = C.reference_fingerprints(ref, num_proc=1)
+    s1, c1 = C.reference_fingerprints(ref, workers=1)
     path = C.cache_dir() / f"{C.file_hash(ref, 'cif')}.npz"
     assert path.exists()
-    s2, c2 = C.reference_fingerprints(ref, num_proc=1)  # from the cache
+    s2, c2 = C.reference_fingerprints(ref, workers=1)  # from the cache
     assert np.array_equal(s1, s2) and np.array_equal(np.nan_to_num(c1), np.nan_to_num(c2))
     df.head(4).to_csv(ref, index=False)  # new content, new key
-    assert C.reference_fingerprints(ref, num_proc=1)[0].shape[0] == 4
+    assert C.reference_fingerprints(ref, workers=1)[0].shape[0] == 4
 
 
 def test_unknown_cutoffs_rejected():

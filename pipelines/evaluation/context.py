@@ -4,7 +4,8 @@ metrics share (validity flags, uniqueness, novelty, groups), each computed once,
 
 from __future__ import annotations
 
-from concurrent.futures import ProcessPoolExecutor
+import json
+import os
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
@@ -14,9 +15,11 @@ import pandas as pd
 from pymatgen.core import Structure
 from tqdm.auto import tqdm
 
-from xtallm.tokenization.record import detect_group
+from xtallm.tokenization.errors import XtallmError
+from xtallm.tokenization.record import CrystalRecord, detect_group
 from xtallm.tokenization.symmetry import GroupId
 
+from ..parallel import Workers, as_workers, map_ordered
 from ..samples import Sample, read_cif
 from . import metrics as M
 
@@ -26,11 +29,26 @@ def parse(cif: str | None) -> Structure | None:
     return read_cif(cif) if cif else None
 
 
-def parse_many(cifs: list[str | None], num_proc: int, desc: str) -> list[Structure | None]:
-    if num_proc <= 1 or len(cifs) < 64:
-        return [parse(c) for c in tqdm(cifs, desc=desc, leave=False)]
-    with ProcessPoolExecutor(num_proc) as pool:
-        return list(tqdm(pool.map(parse, cifs, chunksize=64), total=len(cifs), desc=desc, leave=False))
+def parse_many(cifs: list[str | None], workers: Workers | int, desc: str) -> list[Structure | None]:
+    return map_ordered(parse, cifs, as_workers(workers), desc, chunksize=64)
+
+
+SYMMETRY_VERSION = "1"  # of the cached reference symmetry (groups and Wyckoff labels)
+
+
+def symmetry_of(item: tuple[Structure | None, int]) -> tuple[GroupId | None, list[str]]:
+    """The group (layer group for dim 2, symprec 0.1) and Wyckoff `group:site` labels of one crystal.
+
+    One unit of work: both read the crystal's symmetry, and each sample and reference needs both."""
+    structure, dim = item
+    if structure is None:
+        return None, []
+    number = detect_group(structure, dim, 0.1)
+    try:
+        labels = M.wyckoff_labels(CrystalRecord.from_structure(structure, dim=dim))
+    except (XtallmError, ValueError):
+        labels = []
+    return (GroupId(dim, number) if number is not None else None), labels
 
 
 def cif_column(table: pd.DataFrame, csv: str | Path) -> str:
@@ -58,9 +76,11 @@ class CrystalTable:
     cifs: list[str]
     is_layer: list[bool]
     n_rows: int
+    workers: Workers = field(default_factory=Workers)
+    use_cache: bool = True
 
     @classmethod
-    def read(cls, csv: str | Path, num_proc: int) -> "CrystalTable":
+    def read(cls, csv: str | Path, workers: Workers | int, use_cache: bool = True) -> "CrystalTable":
         path = Path(csv)
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no such reference table")
@@ -74,22 +94,43 @@ class CrystalTable:
             layer = [True] * len(table)
         else:
             layer = (table["dim"] == 2).tolist() if "dim" in table else [False] * len(table)
-        parsed = parse_many([c if isinstance(c, str) else None for c in cifs], num_proc, f"reading {path.name}")
+        parsed = parse_many([c if isinstance(c, str) else None for c in cifs], workers, f"reading {path.name}")
         kept = [(s, c, is2d) for s, c, is2d in zip(parsed, cifs, layer) if s is not None]
-        return cls(path, column, [s for s, _, _ in kept], [c for _, c, _ in kept], [k for _, _, k in kept], len(table))
+        return cls(path, column, [s for s, _, _ in kept], [c for _, c, _ in kept], [k for _, _, k in kept], len(table),
+                   as_workers(workers), use_cache)
 
     @property
     def n_unreadable(self) -> int:
         return self.n_rows - len(self.structures)
 
     @cached_property
+    def symmetry(self) -> list[tuple[GroupId | None, list[str]]]:
+        """Group and Wyckoff labels of every reference (`symmetry_of`), computed once per table content:
+        cached beside the fingerprints, keyed by the file's hash."""
+        from .coverage import cache_dir, file_hash
+
+        path = cache_dir().parent / "symmetry" / f"{file_hash(self.path, f'{self.column}:symmetry{SYMMETRY_VERSION}')}.json"
+        if self.use_cache and path.exists():
+            rows = json.loads(path.read_text())
+            return [(GroupId(*g) if g else None, labels) for g, labels in rows]
+        items = [(s, 2 if is2d else 3) for s, is2d in zip(self.structures, self.is_layer)]
+        found = map_ordered(symmetry_of, items, self.workers, f"symmetry of {self.path.name}", chunksize=16)
+        if self.use_cache:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps([[[g.dim, g.number] if g else None, labels] for g, labels in found]))
+            os.replace(tmp, path)
+        return found
+
+    @property
     def groups(self) -> list[GroupId | None]:
         """Detected group of every reference (layer group for monolayers), symprec 0.1."""
-        out = []
-        for s, is2d in tqdm(list(zip(self.structures, self.is_layer)), desc="reference groups", leave=False):
-            number = detect_group(s, 2 if is2d else 3, 0.1)
-            out.append(GroupId(2 if is2d else 3, number) if number is not None else None)
-        return out
+        return [g for g, _ in self.symmetry]
+
+    @property
+    def wyckoff(self) -> list[list[str]]:
+        """Wyckoff `group:site` labels of every reference (none where the analysis fails)."""
+        return [labels for _, labels in self.symmetry]
 
 
 def as_layer(s: Structure | None) -> Structure | None:
@@ -121,8 +162,9 @@ class EvalContext:
         return len(self.samples)
 
     @property
-    def num_proc(self) -> int:
-        return self.options.num_proc
+    def workers(self) -> Workers:
+        """Where the per-sample work runs: the local processes, or the Ray cluster of --ray."""
+        return Workers(self.options.num_proc, self.options.ray)
 
     @cached_property
     def layer(self) -> list[bool]:
@@ -151,7 +193,7 @@ class EvalContext:
 
     @cached_property
     def unique(self) -> set[int]:
-        return set(M.unique_indices(self.matchable))
+        return set(M.unique_indices(self.matchable, self.workers))
 
     @cached_property
     def novel(self) -> list[bool] | None:
@@ -161,26 +203,37 @@ class EvalContext:
         bulk_refs: list[Structure] = []
         layer_refs: list[Structure] = []
         for t in self.train:
-            table = CrystalTable.read(t, self.num_proc)
+            table = CrystalTable.read(t, self.workers)
             layer_refs += [x for x in (as_layer(s) for s, is2d in zip(table.structures, table.is_layer) if is2d) if x is not None]
             bulk_refs += [s for s, is2d in zip(table.structures, table.is_layer) if not is2d]
         self.train_sizes = {"bulk": len(bulk_refs), "2d": len(layer_refs)}
-        index, index_2d = M.ReferenceIndex(bulk_refs), M.ReferenceIndex(layer_refs)
+        bulk_index, layer_index = M.ReferenceIndex(bulk_refs), M.ReferenceIndex(layer_refs)
         lattices = M.LatticeIndex(pd.concat([pd.read_csv(t) for t in self.train_meta])) if self.train_meta else None
         self.train_sizes["cells"] = len(lattices) if lattices else 0
-        return [s is not None and (not index_2d.contains(s) if is2d else
-                                   not index.contains(s) and not (lattices is not None and lattices.contains(s)))
-                for s, is2d in tqdm(list(zip(self.matchable, self.layer)), desc="novelty", leave=False)]
+        flags = [False] * self.n
+        for is2d, known, cells in ((False, bulk_index, lattices), (True, layer_index, None)):
+            chosen = [i for i, layer in enumerate(self.layer) if layer == is2d]
+            found = M.novelty_flags([self.matchable[i] for i in chosen], known, cells, self.workers)
+            for i, novel in zip(chosen, found):
+                flags[i] = novel
+        return flags
+
+    @cached_property
+    def _analysed(self) -> dict[int, tuple[GroupId | None, list[str]]]:
+        """`symmetry_of` the parsed samples whose text states no group or no Wyckoff record, fanned out."""
+        todo = [i for i, (sample, s) in enumerate(zip(self.samples, self.structures))
+                if s is not None and (sample.group is None or sample.record is None)]
+        items = [(self.structures[i], self.samples[i].dim or (2 if self.samples[i].is_layer else 3)) for i in todo]
+        return dict(zip(todo, map_ordered(symmetry_of, items, self.workers, "sample symmetry", chunksize=16)))
 
     @cached_property
     def groups(self) -> list[GroupId | None]:
         """The group a sample states (its text), else the detected one (layer group for monolayers), symprec 0.1."""
-        out = []
-        for sample, s in zip(self.samples, self.structures):
-            if sample.group is not None or s is None:
-                out.append(sample.group if s is not None else None)
-                continue
-            dim = 2 if sample.is_layer else 3
-            number = detect_group(s, dim, 0.1)
-            out.append(GroupId(dim, number) if number is not None else None)
-        return out
+        return [None if s is None else sample.group if sample.group is not None else self._analysed[i][0]
+                for i, (sample, s) in enumerate(zip(self.samples, self.structures))]
+
+    @cached_property
+    def wyckoff(self) -> list[list[str]]:
+        """`group:site` labels of every sample: its own Wyckoff text when it is one, else by analysis."""
+        return [[] if s is None else M.wyckoff_labels(sample.record) if sample.record is not None else self._analysed[i][1]
+                for i, (sample, s) in enumerate(zip(self.samples, self.structures))]

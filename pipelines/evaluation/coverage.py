@@ -28,13 +28,13 @@ from __future__ import annotations
 import hashlib
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 from pymatgen.core import Composition, Structure
-from tqdm.auto import tqdm
+
+from ..parallel import Workers, as_workers, map_ordered
 
 # CDVAE's cutoffs per data set (structure fingerprint distance, scaled composition distance)
 COV_CUTOFFS: dict[str, tuple[float, float]] = {
@@ -140,7 +140,8 @@ class OpsFingerprinter:
                     if cn in params and t in params[cn]:
                         ot = params[cn][t][0]
                         if len(params[cn][t]) > 1:
-                            p = params[cn][t][1]
+                            # plain floats: the YAML's mapping type costs ~4% of a fingerprint in lookups
+                            p = {k: float(v) if isinstance(v, float) else v for k, v in params[cn][t][1].items()}
                     (south_pole if ot in SOUTH_POLE_TYPES else plain).append((position, ot, p))
                 position += 1
             # pymatgen adds the "south pole" term of neighbour m only for the LAST type of an
@@ -245,22 +246,14 @@ def _stack(results: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.
     return s, c
 
 
-def _pooled(fn, items: Sequence, num_proc: int, desc: str) -> list:
-    """`fn` over `items` in input order, in worker processes when there are enough of them."""
-    if num_proc <= 1 or len(items) < 16:
-        return [fn(x) for x in tqdm(items, desc=desc, leave=False)]
-    with ProcessPoolExecutor(num_proc) as pool:
-        return list(tqdm(pool.map(fn, items, chunksize=8), total=len(items), desc=desc, leave=False))
-
-
-def fingerprints(structures: Sequence[Structure | None], num_proc: int = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
+def fingerprints(structures: Sequence[Structure | None], workers: "Workers | int" = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
     """Structure and raw composition fingerprints of many crystals, in parallel (NaN rows where none)."""
-    return _stack(_pooled(fingerprint, structures, num_proc, desc))
+    return _stack(map_ordered(fingerprint, structures, as_workers(workers), desc))
 
 
-def fingerprints_of_cifs(cifs: Sequence[str | None], num_proc: int = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
+def fingerprints_of_cifs(cifs: Sequence[str | None], workers: "Workers | int" = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
     """As `fingerprints`, from CIF text (cheaper to send to worker processes than structures)."""
-    return _stack(_pooled(_fingerprint_cif, cifs, num_proc, desc))
+    return _stack(map_ordered(_fingerprint_cif, cifs, as_workers(workers), desc))
 
 
 def cache_dir() -> Path:
@@ -276,7 +269,7 @@ def file_hash(path: str | Path, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-def reference_fingerprints(csv: str | Path, cifs: Sequence[str | None] | None = None, num_proc: int = 2,
+def reference_fingerprints(csv: str | Path, cifs: Sequence[str | None] | None = None, workers: "Workers | int" = 2,
                            column: str = "cif", use_cache: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """Fingerprints of a reference table, cached on disk under XTALLM_CACHE/fingerprints/<content hash>.npz.
 
@@ -293,7 +286,7 @@ def reference_fingerprints(csv: str | Path, cifs: Sequence[str | None] | None = 
         if column not in table.columns:
             raise ValueError(f"{csv}: no '{column}' column to fingerprint")
         cifs = table[column].tolist()
-    struct_fps, comp_fps = fingerprints_of_cifs(cifs, num_proc, desc=f"fingerprinting {Path(csv).name}")
+    struct_fps, comp_fps = fingerprints_of_cifs(cifs, workers, desc=f"fingerprinting {Path(csv).name}")
     if use_cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(".tmp.npz")

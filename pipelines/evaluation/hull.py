@@ -19,10 +19,10 @@ from typing import Iterator
 
 import pandas as pd
 from pymatgen.core import Structure
-from tqdm.auto import tqdm
 
 from xtallm.configs.recipe import option
 
+from ..parallel import RAY_HELP, check_address
 from ..samples import ReadReport
 from . import stability as S
 
@@ -43,10 +43,12 @@ class HullOptions:
     elements: bool = option(True, "add ASE elemental references for elements without an elemental structure")
     workers: int = option(1, "parallel relaxations, each with its own potential (engine ase)")
     engine: str = option("auto", "auto: batched FIRE for SevenNet, ASE per crystal otherwise", choices=("auto", "batched", "ase"))
+    ray: str | None = option(None, RAY_HELP + "; one task per structure (--workers is then the cluster's CPUs)", metavar="ADDRESS")
 
     def check(self) -> None:
         if self.steps < 0 or self.fmax <= 0 or self.workers < 1 or (self.limit is not None and self.limit < 1):
             raise ValueError("steps must be >= 0, fmax > 0, workers >= 1, limit >= 1")
+        check_address(self.ray)
 
 
 HULL = "hull.csv"
@@ -132,7 +134,7 @@ def build_hull(job: HullJob) -> dict:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         if new_file:
             writer.writeheader()
-        for (sid, src), r in relax_many(items, o.mlff, o.steps, o.fmax, o.device, o.workers, desc="hull", engine=o.engine):
+        for (sid, src), r in relax_many(items, o.mlff, o.steps, o.fmax, o.device, o.workers, desc="hull", engine=o.engine, ray=o.ray):
             corrected, reason = (None, r.error)
             if r.energy is not None:
                 corrected, reason = S.corrected_energy(o.mlff, r.structure, r.energy)

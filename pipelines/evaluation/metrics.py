@@ -20,6 +20,11 @@ from pymatgen.core import Composition, Structure
 from scipy.spatial.distance import jensenshannon
 from scipy.stats import wasserstein_distance
 
+from ..parallel import as_workers, map_ordered
+
+if TYPE_CHECKING:
+    from ..parallel import Workers
+
 MIN_DISTANCE = 0.5  # Å, CDVAE's structural validity
 MIN_VOLUME = 0.1  # Å^3
 
@@ -81,22 +86,27 @@ def compositionally_valid(composition: Composition | None) -> bool:
             return False
 
 
-def unique_indices(structures: Sequence[Structure | None]) -> list[int]:
-    """Index of one representative per group of matching structures (parsed ones only)."""
+def unique_indices(structures: Sequence[Structure | None], workers: "Workers | int | None" = None) -> list[int]:
+    """Index of one representative per group of matching structures (parsed ones only).
+
+    Only structures of one reduced formula can match, so each formula's bucket is one unit of work."""
     by_formula: dict[str, list[int]] = {}
     for i, s in enumerate(structures):
         if s is not None:
             by_formula.setdefault(s.composition.reduced_formula, []).append(i)
-    m = matcher()
-    keep: list[int] = []
-    for indices in by_formula.values():
-        if len(indices) == 1:
-            keep += indices
-            continue
-        groups = m.group_structures([structures[i] for i in indices])
-        lookup = {id(structures[i]): i for i in indices}
-        keep += [lookup[id(g[0])] for g in groups]
+    keep = [indices[0] for indices in by_formula.values() if len(indices) == 1]
+    buckets = sorted((indices for indices in by_formula.values() if len(indices) > 1), key=len, reverse=True)
+    found = map_ordered(representatives, [[structures[i] for i in indices] for indices in buckets], as_workers(workers),
+                        "uniqueness", chunksize=4)
+    for indices, local in zip(buckets, found):
+        keep += [indices[j] for j in local]
     return sorted(keep)
+
+
+def representatives(structures: list[Structure]) -> list[int]:
+    """Positions of the first structure of each matching group, in the matcher's order."""
+    position = {id(s): j for j, s in enumerate(structures)}
+    return [position[id(group[0])] for group in matcher().group_structures(structures)]
 
 
 class ReferenceIndex:
@@ -174,9 +184,33 @@ def _niggli_parameters(lattice) -> np.ndarray:
     return np.array([*reduced.abc, *reduced.angles])
 
 
-def novelty_flags(structures: Sequence[Structure | None], reference: ReferenceIndex, lattices: LatticeIndex | None = None) -> list[bool]:
+def novelty_flags(structures: Sequence[Structure | None], reference: ReferenceIndex, lattices: LatticeIndex | None = None,
+                  workers: "Workers | int | None" = None) -> list[bool]:
     """True for a parsed sample that matches no reference structure (nor cell); False for unparseable ones."""
-    return [s is not None and not reference.contains(s) and not (lattices is not None and lattices.contains(s)) for s in structures]
+    known = known_flags(structures, reference, workers)
+    return [s is not None and not k and not (lattices is not None and lattices.contains(s)) for s, k in zip(structures, known)]
+
+
+def known_flags(structures: Sequence[Structure | None], reference: ReferenceIndex, workers: "Workers | int | None" = None) -> list[bool]:
+    """Whether each parsed structure matches a reference structure; one unit of work per formula bucket."""
+    by_formula: dict[str, list[int]] = {}
+    for i, s in enumerate(structures):
+        if s is not None and (formula := s.composition.reduced_formula) in reference.by_formula:
+            by_formula.setdefault(formula, []).append(i)
+    buckets = sorted(by_formula.items(), key=lambda item: len(item[1]) * len(reference.by_formula[item[0]]), reverse=True)
+    jobs = [([structures[i] for i in indices], reference.by_formula[formula]) for formula, indices in buckets]
+    flags = [False] * len(structures)
+    for (_, indices), found in zip(buckets, map_ordered(known_in_bucket, jobs, as_workers(workers), "novelty", chunksize=4)):
+        for i, k in zip(indices, found):
+            flags[i] = k
+    return flags
+
+
+def known_in_bucket(job: tuple[list[Structure], list[Structure]]) -> list[bool]:
+    """(samples, references) of one formula: which samples match a reference."""
+    samples, references = job
+    index = ReferenceIndex(references)
+    return [index.contains(s) for s in samples]
 
 
 def distribution_jsd(samples: Iterable, reference: Iterable, support: Iterable | None = None) -> float:

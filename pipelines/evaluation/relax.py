@@ -10,11 +10,9 @@ uses the same pool.
 
 from __future__ import annotations
 
-import os
+import multiprocessing
 import warnings
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
-from multiprocessing import get_context
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
@@ -23,24 +21,44 @@ from tqdm.auto import tqdm
 
 from xtallm.configs.recipe import option
 
+from ..parallel import RAY_HELP, check_address
 from . import stability as S
 
-_CALCULATOR = None  # one per worker process
+_CALCULATOR: tuple[tuple[str, str | None], Any] | None = None  # ((mlff, device), calculator): one per worker process
+_BATCH_MODEL: tuple[str, Any] | None = None  # (device, (SevenNet batch model, cutoff)): one per GPU worker
 
 
-def _init_worker(mlff: str, device: str | None) -> None:
+def _calculator(mlff: str, device: str | None):
+    """The worker's potential, loaded on its first relaxation (a pool's worker, a Ray worker, or this process)."""
     global _CALCULATOR
-    os.environ.setdefault("OMP_NUM_THREADS", "1")  # N workers, not N x cores threads
-    import torch
+    if _CALCULATOR is None or _CALCULATOR[0] != (mlff, device):
+        if multiprocessing.parent_process() is not None:  # a pool's worker: N workers, not N x cores threads
+            import torch                                 # (Ray gives its 1-CPU tasks OMP_NUM_THREADS=1 itself)
 
-    torch.set_num_threads(1)
-    _CALCULATOR = S.load_calculator(mlff, device)
+            torch.set_num_threads(1)
+        _CALCULATOR = ((mlff, device), S.load_calculator(mlff, device))
+    return _CALCULATOR[1]
 
 
-def _relax_one(key: Any, structure: Structure, steps: int, fmax: float, dim: int) -> tuple[Any, S.Relaxation]:
+def relax_task(task: tuple[Any, Structure, int, str, str | None, int, float]) -> tuple[Any, S.Relaxation]:
+    """One relaxation, the unit of work of every backend: (key, structure, dim, mlff, device, steps, fmax)."""
+    key, structure, dim, mlff, device, steps, fmax = task
+    calculator = _calculator(mlff, device)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return key, S.relax(structure, _CALCULATOR, steps=steps, fmax=fmax, dim=dim)
+        return key, S.relax(structure, calculator, steps=steps, fmax=fmax, dim=dim)
+
+
+def batched_task(task: tuple[list[tuple[Any, Structure, int]], int, float, str | None, int]) -> list[tuple[Any, S.Relaxation]]:
+    """Many relaxations in one batched SevenNet run (a Ray task holding one GPU); the model stays loaded in the worker."""
+    global _BATCH_MODEL
+    from .batch_relax import load_sevennet, relax_batched
+
+    items, steps, fmax, device, batch_atoms = task
+    device = device or S.default_device()
+    if _BATCH_MODEL is None or _BATCH_MODEL[0] != device:
+        _BATCH_MODEL = (device, load_sevennet(device))
+    return list(relax_batched(items, steps, fmax, device, max_atoms_in_batch=batch_atoms, model=_BATCH_MODEL[1]))
 
 
 ENGINES = ("auto", "batched", "ase")
@@ -62,15 +80,21 @@ def engine_for(engine: str, mlff: str, device: str | None = None) -> str:
 
 def relax_many(items: Iterable[tuple[Any, Structure, int]], mlff: str, steps: int = S.MAX_STEPS,
                fmax: float = S.DEFAULT_FMAX, device: str | None = None, workers: int = 1,
-               desc: str = "relaxing", engine: str = "auto", batch_atoms: int = S.BATCH_ATOMS) -> Iterator[tuple[Any, S.Relaxation]]:
+               desc: str = "relaxing", engine: str = "auto", batch_atoms: int = S.BATCH_ATOMS,
+               ray: str | None = None) -> Iterator[tuple[Any, S.Relaxation]]:
     """(key, Relaxation) for every (key, structure, dim), in the order they finish.
 
     A structure the potential cannot handle comes back with its `error`; it never stops the rest.
+    `ray`: one task per crystal on the cluster's CPUs (the potential loaded once per Ray worker), or, with
+    the batched engine, chunks of crystals as tasks holding one GPU each (written for GPU clusters, not yet run on one).
     """
+    from ..parallel import Workers, imap
+
     items = list(items)
     if not items:
         return
-    if engine_for(engine, mlff, device) == "batched":
+    batched = engine_for(engine, mlff, device) == "batched"
+    if batched and not ray:
         from .batch_relax import relax_batched
 
         with tqdm(total=len(items), desc=f"{desc} ({mlff}, batched)") as bar:
@@ -78,31 +102,20 @@ def relax_many(items: Iterable[tuple[Any, Structure, int]], mlff: str, steps: in
                 yield result
                 bar.update()
         return
-    bar = tqdm(total=len(items), desc=f"{desc} ({mlff}, {workers} worker{'s' * (workers > 1)})")
-    if workers <= 1:
-        _init_worker(mlff, device)
-        for key, structure, dim in items:
-            yield _relax_one(key, structure, steps, fmax, dim)
-            bar.update()
-        bar.close()
+    if batched:  # Ray: chunks of crystals, each a task on one GPU
+        chunk = max(64, len(items) // 64)
+        tasks = [(items[k : k + chunk], steps, fmax, device, batch_atoms) for k in range(0, len(items), chunk)]
+        with tqdm(total=len(items), desc=f"{desc} ({mlff}, batched, Ray)") as bar:
+            for results in imap(batched_task, tasks, Workers(ray=ray), ordered=False, num_gpus=1):
+                yield from results
+                bar.update(len(results))
         return
+    where = "Ray" if ray else f"{workers} worker{'s' * (workers > 1)}"
+    tasks = [(key, structure, dim, mlff, device, steps, fmax) for key, structure, dim in items]
+    gpu = 1 if ray and (device or "").startswith("cuda") else 0
     # spawn: CUDA cannot be used in forked children; each worker loads the potential once
-    with ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=_init_worker, initargs=(mlff, device)) as pool:
-        queue = iter(items)
-        running = set()
-        for key, structure, dim in queue:  # keep 2 per worker in flight, not the whole list pickled at once
-            running.add(pool.submit(_relax_one, key, structure, steps, fmax, dim))
-            if len(running) >= 2 * workers:
-                break
-        while running:
-            done, running = wait(running, return_when=FIRST_COMPLETED)
-            for future in done:
-                yield future.result()
-                bar.update()
-                nxt = next(queue, None)
-                if nxt is not None:
-                    running.add(pool.submit(_relax_one, nxt[0], nxt[1], steps, fmax, nxt[2]))
-    bar.close()
+    yield from imap(relax_task, tasks, Workers(workers, ray), desc=f"{desc} ({mlff}, {where})", ordered=False, spawn=True,
+                    num_gpus=gpu)
 
 
 # ---------------------------------------------------------------------------- xtallm relax
@@ -123,6 +136,7 @@ class RelaxOptions:
                          choices=ENGINES)
     batch_atoms: int = option(S.BATCH_ATOMS, "atoms per model call (engine batched): more keeps a large GPU busier, "
                               "~7 MB of GPU memory per atom; a batch that runs out of memory is split, never lost")
+    ray: str | None = option(None, RAY_HELP + "; one task per crystal (--workers is then the cluster's CPUs)", metavar="ADDRESS")
 
     def check(self) -> None:
         bad = [f"{name} must be {rule}, got {value}" for name, value, ok, rule in (
@@ -133,6 +147,7 @@ class RelaxOptions:
         if bad:
             raise ValueError("; ".join(bad))
         engine_for(self.engine, self.mlff)
+        check_address(self.ray)
 
 
 @dataclass
@@ -187,7 +202,7 @@ def run_relax(job: RelaxJob) -> dict[str, Any]:
     failed = 0
     with JsonlWriter(out) as writer:  # repairs a torn last line of a killed run before appending
         for sid, r in relax_many(todo, o.mlff, o.steps, o.fmax, o.device, o.workers, engine=o.engine,
-                                       batch_atoms=o.batch_atoms):
+                                 batch_atoms=o.batch_atoms, ray=o.ray):
             failed += r.error is not None
             writer.write([{"id": sid, "mlff": o.mlff, "max_steps": o.steps, **r.row(),
                            "engine": engine_for(o.engine, o.mlff, o.device), "relaxed_cif": r.structure.to(fmt="cif") if r.structure is not None else None}])

@@ -413,7 +413,7 @@ def stability_metrics(ctx) -> dict[str, Any]:
         from .relax import relax_many
 
         items = [(i, ctx.structures[i], 2 if ctx.layer[i] else 3) for i in chosen]
-        relaxations = dict(relax_many(items, job.mlff, job.steps, job.fmax, job.device, desc="relaxing"))
+        relaxations = dict(relax_many(items, job.mlff, job.steps, job.fmax, job.device, desc="relaxing", ray=ctx.options.ray))
     for i in chosen:
         r = relaxations[i]
         e_hull, e_anchored, reason, corrected = None, None, r.error, None

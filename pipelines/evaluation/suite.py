@@ -10,11 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from tqdm.auto import tqdm
-
 from xtallm.tokenization.conditions import PROPERTY_COLUMNS
-from xtallm.tokenization.errors import XtallmError
-from xtallm.tokenization.record import CrystalRecord, detect_group
+from xtallm.tokenization.record import detect_group
 
 from . import metrics as M
 from .context import EvalContext
@@ -75,9 +72,9 @@ def coverage(ctx: EvalContext) -> dict[str, Any]:
         return {}
     cutoffs = C.cutoffs(o.coverage_cutoffs_value)
     ref = ctx.reference
-    ref_struct, ref_comp = C.reference_fingerprints(ref.path, ref.cifs, ctx.num_proc, column=ref.column, use_cache=o.use_cache)
+    ref_struct, ref_comp = C.reference_fingerprints(ref.path, ref.cifs, ctx.workers, column=ref.column, use_cache=o.use_cache)
     parsed = [i for i, s in enumerate(ctx.structures) if s is not None]
-    fp_struct, fp_comp = C.fingerprints([ctx.structures[i] for i in parsed], ctx.num_proc, desc="coverage fingerprints")
+    fp_struct, fp_comp = C.fingerprints([ctx.structures[i] for i in parsed], ctx.workers, desc="coverage fingerprints")
     valid = np.array([ctx.valid[i] for i in parsed], dtype=bool)
     cdvae = C.coverage(fp_struct, fp_comp, ref_struct, ref_comp, ctx.n, *cutoffs)
     only_valid = C.coverage(fp_struct[valid], fp_comp[valid], ref_struct, ref_comp, ctx.n, *cutoffs)
@@ -111,16 +108,8 @@ def symmetry(ctx: EvalContext) -> dict[str, Any]:
 
 def wyckoff(ctx: EvalContext) -> dict[str, Any]:
     """JSD of `group:site` labels (the sample's own text when it is a Wyckoff record, else by analysis)."""
-    def labels(sample, structure, dim: int) -> list[str]:
-        try:
-            record = sample.record if sample is not None else None
-            return M.wyckoff_labels(record or CrystalRecord.from_structure(structure, dim=dim))
-        except (XtallmError, ValueError):
-            return []
-
-    mine = [x for r, s in zip(ctx.samples, ctx.structures) if s is not None for x in labels(r, s, r.dim or (2 if r.is_layer else 3))]
-    ref = [x for s, is2d in tqdm(list(zip(ctx.reference.structures, ctx.reference.is_layer)), desc="reference Wyckoff sites", leave=False)
-           for x in labels(None, s, 2 if is2d else 3)]
+    mine = [x for labels in ctx.wyckoff for x in labels]
+    ref = [x for labels in ctx.reference.wyckoff for x in labels]
     return {"wyckoff_jsd": M.distribution_jsd(mine, ref) if mine and ref else None}
 
 
