@@ -14,10 +14,10 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 D=.devdata/refiner; BIG_STEPS=${BIG_STEPS:-4000}
 common=(--config configs/refiner/repair_cpu.yaml "data.train=[$D/repair.npz]" --no-resume)
 t0=$(date +%s)
-timeout 130 python3 refiner/train.py "${common[@]}" train.output_dir=/tmp/ft_recipe train.time_limit_s=100 > "$OUT/train_recipe.log" 2>&1
+timeout 110 python3 refiner/train.py "${common[@]}" train.output_dir=/tmp/ft_recipe train.time_limit_s=85 > "$OUT/train_recipe.log" 2>&1
 echo "recipe unchanged: $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
-timeout 230 python3 refiner/train.py "${common[@]}" train.output_dir=/tmp/ft_big train.batch_size=256 train.max_steps=$BIG_STEPS \
-  train.warmup_steps=100 train.eval_every=1000 train.save_every=100000 train.time_limit_s=200 > "$OUT/train_big.log" 2>&1
+timeout 200 python3 refiner/train.py "${common[@]}" train.output_dir=/tmp/ft_big train.batch_size=256 train.max_steps=$BIG_STEPS \
+  train.warmup_steps=100 train.eval_every=1000 train.save_every=100000 train.time_limit_s=170 > "$OUT/train_big.log" 2>&1
 echo "batch 256: $(( $(date +%s) - t0 )) s"
 for r in recipe big; do
   mkdir -p "$OUT/ft_$r"; cp /tmp/ft_$r/metrics*.json /tmp/ft_$r/config.yaml "$OUT/ft_$r/" 2>/dev/null
@@ -30,7 +30,7 @@ for ck in shipped:refiner/pretrained/xtallm-refiner recipe:/tmp/ft_recipe/model 
   for mode in bare repair; do
     flag=""; [ $mode = repair ] && flag=--repair
     t0=$(date +%s)
-    timeout 45 python3 benchmarks/bench_refiner.py run --checkpoint "$path" --heldout $D/heldout.npz --out "$OUT/refined_${name}_$mode.npz" \
+    timeout 40 python3 benchmarks/bench_refiner.py run --checkpoint "$path" --heldout $D/heldout.npz --out "$OUT/refined_${name}_$mode.npz" \
       --taus 0.2 --skip-speed $flag > "$OUT/bench_${name}_$mode.log" 2>&1
     echo "$name $mode: rc $? $(( $(date +%s) - t0 )) s"
   done
