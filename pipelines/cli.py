@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import os
 import sys
 
 from xtallm.configs.logs import quiet_third_party
@@ -228,7 +226,8 @@ def _add_generate(sub) -> None:
     g.add_argument("--config", default=None, help="pipeline recipe YAML, e.g. configs/pipeline/monolayers.yaml (default: this command's shipped recipe)")
     g.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE", help="any recipe setting, e.g. sample.top_k=40")
     defaults = load_generate_config(None)
-    add_flags(g.add_argument_group("sample stage (any `xtallm sample` flag)"), SampleOptions, "sample_", defaults=defaults.sample)
+    add_flags(g.add_argument_group("sample stage (any `xtallm sample` flag but --ray)"), SampleOptions, "sample_", defaults=defaults.sample,
+              skip=("ray",))
     g.add_argument("--unconstrained", dest="sample_constrained", action="store_false", default=None, help="= --no-constrained")
     # the refine stage's settings that `xtallm refine` or the sample stage also has under another default (the chain's
     # steps: 50 here, 200 there) take a prefix, so that one flag name has one meaning and one default

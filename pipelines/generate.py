@@ -29,7 +29,7 @@ from typing import Any
 from xtallm.configs.recipe import load_recipe, option, shipped
 from xtallm.llm.model import resolve_model
 
-from .parallel import RAY_HELP, check_address
+from .parallel import RAY_HELP, check_address, cluster_gpus
 from .refine import RefineJob, RefineSettings, run_refine
 from .sample import SampleJob, SampleOptions, run_sample
 
@@ -59,8 +59,9 @@ class ScreenStage:
 
 @dataclass
 class RaySection:
-    address: str | None = option(None, RAY_HELP + ": the refine stage's chunks run there (sampling stays in this process "
-                                       "on CPUs: vLLM's CPU backend does not run under Ray)", metavar="ADDRESS")
+    address: str | None = option(None, RAY_HELP + ": the refine stage's chunks run there, and on a cluster with GPUs the "
+                                       "sampling engine's replicas too (on CPUs sampling stays in this process: vLLM's CPU "
+                                       "backend does not run under Ray)", metavar="ADDRESS")
 
 
 @dataclass
@@ -87,9 +88,11 @@ def run_generate(
     out = Path(out)
     s = config.sample
     r = config.refine
-    if r.ray is not None:
-        raise ValueError(f"refine.ray: {r.ray!r}: a pipeline names its Ray cluster once, as ray.address")
+    for stage, value in (("sample", s.ray), ("refine", r.ray)):
+        if value is not None:
+            raise ValueError(f"{stage}.ray: {value!r}: a pipeline names its Ray cluster once, as ray.address")
     check_address(config.ray.address)
+    s = replace(s, ray=config.ray.address if config.ray.address and cluster_gpus(config.ray.address) else None)
     if r.enabled and r.checkpoint is not None and not Path(r.checkpoint, "refiner.json").exists():  # before the sampling
         raise FileNotFoundError(f"--checkpoint {r.checkpoint}: not a refiner checkpoint (no refiner.json)")
     draws = config.screen.draws

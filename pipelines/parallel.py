@@ -59,6 +59,14 @@ class Workers:
         return max(self.num_proc, 1)
 
 
+def cluster_gpus(address: str) -> int:
+    """GPUs the cluster at `address` has (joining it first)."""
+    import ray
+
+    connect(address)
+    return int(ray.cluster_resources().get("GPU", 0))
+
+
 def check_address(address: str | None) -> None:
     """A bad --ray value is refused before any work: `auto`, HOST:PORT or ray://HOST:PORT."""
     if address is None:

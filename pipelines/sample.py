@@ -25,6 +25,7 @@ from xtallm.tokenization import get_format
 from xtallm.tokenization.conditions import validate_conditions
 from xtallm.tokenization.record import DEFAULT_VACUUM, detect_group
 
+from .parallel import RAY_HELP, check_address
 from .samples import FIELDS, Sample, SampleWriter, decode_sample, read_cif, read_samples
 
 REDRAW_SEED_STEP = 7919  # seed of draw k: the request's seed + k * this (resumable: the same draws again)
@@ -49,11 +50,15 @@ class SampleOptions(SamplingOptions):
     seed: int = option(0, "base seed; every sample's own seed derives from it")
     batch_size: int = option(256, "requests per engine call and per write to samples.jsonl")
     vacuum: float = option(DEFAULT_VACUUM, "Å of vacuum along c in monolayer cells")
+    ray: str | None = option(None, RAY_HELP + ": engine replicas as Ray actors on the cluster's GPUs, one per "
+                                   "tensor_parallel_size (vLLM's CPU backend does not run under Ray: on CPUs, sample without it)",
+                             metavar="ADDRESS")
 
     def check(self) -> None:
         super().check()
         if self.max_atoms < 1 or self.redraws < 0 or self.batch_size < 1 or self.vacuum < 0:
             raise ValueError("max_atoms and batch_size must be >= 1, redraws and vacuum >= 0")
+        check_address(self.ray)
 
 
 @dataclass
@@ -134,7 +139,7 @@ def run_sample(job: SampleJob, sampler: Sampler | None = None) -> dict[str, Any]
     n_tokens = 0
     if todo:
         own = sampler is None  # an engine started here stops here: it must not idle through the next stage
-        sampler = sampler or start_sampler(o.backend, model, [adapter] if adapter else None, o, max_len, o.seed, o.batch_size)
+        sampler = sampler or _start(o, model, adapter, max_len)
         try:
             with tqdm(total=len(requests), initial=len(requests) - len(todo), desc="sampling") as bar:
                 for start in range(0, len(todo), o.batch_size):
@@ -232,7 +237,17 @@ def make_sampler(job: SampleJob) -> Sampler:
     o = job.options
     model, adapter = resolve_model(o.model), resolve_adapter(o.adapter)
     info = model_info(model, adapter)
-    return start_sampler(o.backend, model, [adapter] if adapter else None, o, context_length(model, info), o.seed, o.batch_size)
+    return _start(o, model, adapter, context_length(model, info))
+
+
+def _start(o: SampleOptions, model: str, adapter: str | None, max_len: int) -> Sampler:
+    """The engine in this process, or (--ray) replicas of it on the cluster's GPUs."""
+    adapters = [adapter] if adapter else None
+    if o.ray:
+        from .ray_sampler import RayReplicas
+
+        return RayReplicas.start(o.ray, o.backend, model, adapters, o, max_len, o.seed, o.batch_size)
+    return start_sampler(o.backend, model, adapters, o, max_len, o.seed, o.batch_size)
 
 
 def context_length(model: str, info: dict[str, Any]) -> int:

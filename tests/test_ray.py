@@ -140,3 +140,53 @@ def test_relax_with_ray_equals_local(cluster, tmp_path):
     assert sorted(r["id"] for r in remote) == sorted(local)  # every crystal once
     for r in remote:
         assert r["energy_per_atom"] == pytest.approx(local[r["id"]]["energy_per_atom"], abs=1e-4)
+
+
+class EchoEngine:
+    """A stand-in sampling engine: the text names the request and the process that drew it."""
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def generate(self, requests, options=None, adapter_index=None):
+        import os
+
+        from xtallm.llm.sampling import Output
+
+        return [Output(f"{self.tag}:{r.id}:{r.seed}:{os.getpid()}", 1) for r in requests]
+
+
+def test_sampling_replicas_split_requests_and_keep_their_order(cluster):
+    from xtallm.llm.sampling import Request
+    from xtallm.pipelines.ray_sampler import RayReplicas
+
+    replicas = RayReplicas(cluster.address, EchoEngine, ("echo",), replicas=2, gpus_per_replica=0)
+    try:
+        requests = [Request(f"r{i}", {}, [1, 2], seed=100 + i) for i in range(7)]
+        outputs = replicas.generate(requests)
+        assert [o.text.rsplit(":", 1)[0] for o in outputs] == [f"echo:r{i}:{100 + i}" for i in range(7)]
+        assert len({o.text.rsplit(":", 1)[1] for o in outputs}) == 2  # both replicas drew
+    finally:
+        replicas.close()
+
+
+def test_sampling_on_a_cluster_without_gpus_is_refused_in_one_line(cluster):
+    from xtallm.llm.sampling import SamplingOptions
+    from xtallm.pipelines.ray_sampler import RayReplicas
+
+    with pytest.raises(RuntimeError, match="has 0; vLLM's CPU backend does not run under Ray"):
+        RayReplicas.start(cluster.address, "vllm", "model", None, SamplingOptions(), 512)
+
+
+def test_generate_refines_on_the_cluster_and_samples_here(cluster, tmp_path, capsys):
+    from xtallm.pipelines.cli import main
+
+    args = ["generate", "--num-samples", "4", "--backend", "hf", "--unconstrained", "--condition", "sg=225",
+            "--refine-steps", "10", "--refine-batch-size", "1", "--set", "sample.max_tokens=320"]
+    assert main([*args, "--out", str(tmp_path / "local")]) == 0
+    assert main([*args, "--out", str(tmp_path / "ray"), "--ray", cluster.address]) == 0  # no GPUs: sampling stays here
+    local, remote = list(read_jsonl(tmp_path / "local" / "samples.jsonl")), list(read_jsonl(tmp_path / "ray" / "samples.jsonl"))
+    assert [r["id"] for r in remote] == [r["id"] for r in local] and [r["raw_cif"] for r in remote] == [r["raw_cif"] for r in local]
+    assert [r["refined"] for r in remote] == [r["refined"] for r in local] and any(r["refined"] for r in remote)
+    assert main([*args, "--out", str(tmp_path / "x"), "--set", "refine.ray=auto"]) == 2
+    assert "refine.ray: 'auto': a pipeline names its Ray cluster once, as ray.address" in capsys.readouterr().err
