@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 import warnings
+from itertools import islice
 from pathlib import Path
 
 import pandas as pd
@@ -93,8 +94,8 @@ def bench_relax(args) -> dict:
     if not source.exists():  # e.g. on the GPU machine: the 64 MP-20 crystals shipped with xtallm
         source = ROOT / "tokenization/examples/bulk_examples.csv"
     df = pd.read_csv(source)
-    df = df.sample(min(200, len(df)), random_state=0)
-    structures = [s for s in (Structure.from_str(c, fmt="cif") for c in df.cif) if len(s) <= 20][: args.n]
+    df = df.sample(frac=1, random_state=0)  # a permutation: its first 200 rows are what sample(200, random_state=0) gave
+    structures = list(islice((s for s in (Structure.from_str(c, fmt="cif") for c in df.cif) if len(s) <= 20), args.n))
     for s in structures:
         s.perturb(0.05)
         s.scale_lattice(s.volume * 1.03 ** 3)

@@ -56,8 +56,9 @@ def _subset(src: Path, prompts: list[int], dst: Path) -> None:
 def run(args) -> None:
     work = Path(args.work)
     started = time.perf_counter()
+    adapter = ["--adapter", args.adapter] if args.adapter else []
     subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", "generate", "--conditions-file", str(PROMPTS), "--num-samples",
-                    str(args.per_request), "--screen", str(args.draws), "--out", str(work / "gen")], check=True)
+                    str(args.per_request), "--screen", str(args.draws), *adapter, "--out", str(work / "gen")], check=True)
     (work / "generate_seconds.txt").write_text(f"{time.perf_counter() - started:.0f}\n")
     evaluate(args)
 
@@ -120,6 +121,7 @@ def main() -> int:
     r.add_argument("--per-request", type=int, default=25, help="screened samples per prompt row")
     r.add_argument("--draws", type=int, default=4, help="draws per screened sample")
     r.add_argument("--num-proc", type=int, default=1)
+    r.add_argument("--adapter", default=None, help="a LoRA adapter of the default model (e.g. `xtallm improve`'s, property reward)")
     e = sub.add_parser("evaluate", help="only the evaluations (DIR/gen from a run, or screened from part of its draws)")
     e.add_argument("--work", required=True)
     e.add_argument("--reference", required=True)

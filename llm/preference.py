@@ -10,7 +10,9 @@ built so that the loss never rewards a repeat:
   for sg=/lg= prompts) but above the hull's tolerance < metastable; within metastable, novel beats
   known (from `novel_from_round`, as PLaID++ did from its third round); within one tier of valid
   crystals, an energy above the hull lower by at least `energy_margin` (eV/atom) is better: a
-  reward with a gradient while few or no samples are metastable;
+  reward with a gradient while few or no samples are metastable; for a prompt that requests a
+  property (band_gap=, formation_energy=, ...), predictions closer to the request by at least
+  `distance_margin` (in the predictor's tolerances) are better instead;
 - a chosen sample whose composition is over-represented in the round (more than `max_share` of the
   valid samples) is not chosen: the reward for a prototype the model already repeats is withheld;
 - each chosen sample meets at most `rejected_per_chosen` rejected ones, each rejected sample is used
@@ -42,6 +44,7 @@ class Scored:
     novel: bool | None = None
     formula: str | None = None  # reduced formula (over-representation)
     structure: Any = None  # pymatgen Structure of the refined crystal (duplicate check), if any
+    distance: float | None = None  # from the prompt's property request, in predictor tolerances (property prompts)
 
 
 @dataclass
@@ -50,6 +53,7 @@ class PairOptions:
     uses_per_rejected: int = 2
     max_share: float = 0.05  # a composition holding more of the round's valid samples is not chosen
     energy_margin: float = 0.2  # eV/atom: within a tier of valid crystals, this much lower above the hull is better
+    distance_margin: float = 0.5  # property prompts: this much closer to the request (in tolerances) is better
     novel_from_round: int = 3
     seed: int = 0
 
@@ -89,8 +93,11 @@ def _better(a: Scored, b: Scored, round_index: int, options: PairOptions) -> str
     ra, rb = _rank(a, round_index, options), _rank(b, round_index, options)
     if ra != rb:
         return (f"{TIERS[a.tier]} > {TIERS[b.tier]}" if a.tier != b.tier else "novel > known") if ra > rb else None
-    if a.tier >= TIERS.index("valid") and a.e_above_hull is not None and b.e_above_hull is not None \
-            and a.e_above_hull + options.energy_margin <= b.e_above_hull:
+    if a.tier < TIERS.index("valid"):
+        return None
+    if a.distance is not None and b.distance is not None:  # a property request: its distance is the reward
+        return "closer to the request" if a.distance + options.distance_margin <= b.distance else None
+    if a.e_above_hull is not None and b.e_above_hull is not None and a.e_above_hull + options.energy_margin <= b.e_above_hull:
         return "lower e_above_hull"
     return None
 
@@ -126,7 +133,8 @@ def build_pairs(samples: list[Scored], round_index: int = 1, options: PairOption
         if s.text:
             by_prompt[s.prompt].append(s)
     for prompt, group in sorted(by_prompt.items()):
-        energy = {s.id: -s.e_above_hull if s.e_above_hull is not None else -math.inf for s in group}
+        energy = {s.id: -s.distance if s.distance is not None else -s.e_above_hull if s.e_above_hull is not None else -math.inf
+                  for s in group}  # within a rank: the closest to a property request, else the lowest above the hull
         group = sorted(group, key=lambda s: (_rank(s, round_index, options), energy[s.id], s.id), reverse=True)
         uses: Counter = Counter()
         for chosen in group:

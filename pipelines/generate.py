@@ -236,22 +236,10 @@ def screen_draws(out: Path, draws: int, write_cifs: bool = True) -> dict[str, An
     for row in rows:
         prompt, _, k = row.id.rpartition("-")
         groups.setdefault(f"{prompt}-{int(k) // draws}", []).append(row)
-    predicted: dict[str, dict[str, float | None]] = {row.id: {} for row in rows}
-    for key in sorted({k for row in rows for k in row.conditions if k in P.PREDICTORS}):
-        which = [row for row in rows if key in row.conditions and row.valid]
-        values = P.predictor(key).predict([row.structure() for row in which], [row.dim or 3 for row in which])
-        for row, value in zip(which, values):
-            predicted[row.id][key] = value
+    predicted = {row.id: values for row, values in zip(rows, P.predict_requested(rows))}
 
     def distance(row) -> float:
-        total = 0.0
-        for key, value in predicted[row.id].items():
-            if value is None:
-                return float("inf")
-            p, asked = P.predictor(key), float(row.conditions[key])
-            scale = p.tolerance * abs(asked) if p.relative else p.tolerance
-            total += abs(value - asked) / (scale if scale > 0 else 1.0)  # n_atoms (exact): atoms off
-        return total
+        return P.request_distance(predicted[row.id], row.conditions)
 
     kept, n_valid_draws = [], 0
     for sid, group in groups.items():

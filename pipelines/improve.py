@@ -17,6 +17,11 @@ A single point over-estimates e_hull (the crystal is not at the potential's mini
 are lower bounds and its ranking only a proxy of the relaxed one. Novelty (optional training table)
 decides between metastable samples from `pairs.novel_from_round`.
 
+Property requests (`rounds.property_share`): that share of a round's samples come from prompts asking one property
+(`band_gap=`, `formation_energy=`, a value drawn uniformly in `rounds.property_targets`), each drawn
+`rounds.property_repeats` times; their reward is the distance of the predictor's value (pipelines/evaluation/
+properties.py, the predictor `generate --screen` uses) to the request, so a round learns what best-of-N keeps.
+
 Everything resumes: each phase of a round writes its files and a finished phase is skipped; sampling,
 refinement and scoring resume inside the phase by sample id; training resumes from its last checkpoint.
 """
@@ -31,8 +36,6 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
-
-from tqdm.auto import tqdm
 
 from xtallm.configs.recipe import load_recipe, option, save_recipe
 from xtallm.llm.preference import TIERS, PairOptions, Scored, build_pairs
@@ -49,6 +52,12 @@ class RoundOptions:
     samples: int = option(1000, "samples a round (all prompts together)")
     conditional_share: float = option(0.5, "share of the samples drawn from `sg=` prompts (the rest: `dim=3`)")
     groups_from: str = option("configs/data/mp20-heldout-v1.csv", "table whose `group` column gives the sg= prompts")
+    property_share: float = option(0.0, "share of the samples drawn from property requests (`band_gap=`, `formation_energy=`): "
+                                        "their reward is the predictor's distance to the request, not the energy")
+    property_repeats: int = option(8, "samples per property prompt (pairs join samples of one prompt)")
+    property_targets: dict[str, list[float]] = option(
+        factory=lambda: {"band_gap": [0.0, 6.0], "formation_energy": [-3.5, 0.0]},
+        help="property -> [low, high]: each property prompt asks one of them, uniform in its range (0.1 steps)", flag=False)
     temperature_start: float = option(1.0, "sampling temperature of round 1")
     temperature_end: float = option(1.2, "sampling temperature of the last round (raised against collapse)")
 
@@ -94,8 +103,19 @@ class ImproveConfig:
 
     def check(self) -> None:
         r = self.rounds
-        if r.rounds < 1 or r.samples < 2 or not 0 <= r.conditional_share <= 1:
-            raise ValueError("rounds.rounds >= 1, rounds.samples >= 2 and 0 <= rounds.conditional_share <= 1")
+        if r.rounds < 1 or r.samples < 2 or not 0 <= r.conditional_share <= 1 or not 0 <= r.property_share <= 1 \
+                or r.property_repeats < 1:
+            raise ValueError("rounds.rounds >= 1, rounds.samples >= 2, rounds.property_repeats >= 1, 0 <= rounds.conditional_share "
+                             "<= 1 and 0 <= rounds.property_share <= 1")
+        if r.property_share > 0:
+            from .evaluation import properties as P
+
+            for key, span in r.property_targets.items():
+                if key not in P.PREDICTORS or len(span) != 2 or span[0] > span[1]:
+                    raise ValueError(f"rounds.property_targets: {key}: {span}: expected a property with a predictor "
+                                     f"({', '.join(P.PREDICTORS)}) and [low, high]")
+                if not P.available(key):
+                    raise P.PredictorUnavailable(f'rounds.property_targets: {key}: its predictor is not installed: pip install -e ".[properties]"')
         if self.train.beta <= 0 or self.train.lr <= 0 or self.train.batch_size < 1:
             raise ValueError("train.beta, train.lr > 0 and train.batch_size >= 1")
         if self.train.method not in TRAINERS:
@@ -123,21 +143,29 @@ def load_improve_config(path: str | Path | None, overrides: list[str] | None = N
 
 
 def round_prompts(config: ImproveConfig, round_index: int, folder: Path) -> Path:
-    """conditions.csv of a round: `dim=3` rows and `dim=3 sg=N` rows (N drawn from the groups table), one sample each."""
+    """conditions.csv of a round, one sample a row: `dim=3 KEY=VALUE` property rows (`property_share`, each prompt
+    `property_repeats` times), then of the rest `dim=3 sg=N` rows (N drawn from the groups table) and `dim=3` rows."""
     import pandas as pd
 
     r = config.rounds
     path = folder / "conditions.csv"
     if path.exists():
         return path
-    n_conditional = round(r.samples * r.conditional_share)
-    groups = sorted({int(g) for g in pd.read_csv(shipped_file(r.groups_from))["group"] if 1 <= int(g) <= 230}) if n_conditional else []
     rng = random.Random(1000 * config.train.seed + round_index)
-    rows = [{"dim": 3, "sg": ""} for _ in range(r.samples - n_conditional)]
+    n_property = round(r.samples * r.property_share)
+    rows: list[dict[str, Any]] = []
+    while len(rows) < n_property:
+        key = rng.choice(sorted(r.property_targets))
+        low, high = r.property_targets[key]
+        value = round(rng.uniform(low, high), 1)
+        rows += [{"dim": 3, key: value}] * min(r.property_repeats, n_property - len(rows))
+    n_conditional = round((r.samples - n_property) * r.conditional_share)
+    groups = sorted({int(g) for g in pd.read_csv(shipped_file(r.groups_from))["group"] if 1 <= int(g) <= 230}) if n_conditional else []
+    rows += [{"dim": 3} for _ in range(r.samples - n_property - n_conditional)]
     rows += [{"dim": 3, "sg": rng.choice(groups)} for _ in range(n_conditional)]
     folder.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=["dim", "sg"])
+        writer = csv.DictWriter(f, fieldnames=["dim", "sg", *sorted(r.property_targets)], restval="")
         writer.writeheader()
         writer.writerows(rows)
     return path
@@ -187,7 +215,7 @@ class Scorer:
         from .sample import honours_group
 
         row: dict[str, Any] = {"id": sample.id, "tier": 0, "why": None, "e_above_hull": None, "energy_per_atom": None,
-                               "novel": None, "formula": None}
+                               "novel": None, "formula": None, "predicted": None, "property_distance": None}
         structure = sample.structure() if sample.ok and sample.cif else None
         if structure is None:
             row["why"] = sample.error or "no crystal"
@@ -201,6 +229,23 @@ class Scorer:
             return row, None
         row["tier"] = TIERS.index("valid")
         return row, structure
+
+    @staticmethod
+    def requests_property(sample) -> bool:
+        """A prompt asking for a property a predictor scores: its reward is the distance to the request, not an energy."""
+        from .evaluation.properties import PREDICTORS
+
+        return any(key in PREDICTORS for key in sample.conditions)
+
+    def finish_requests(self, pending: list[tuple[Any, dict[str, Any]]]) -> list[dict[str, Any]]:
+        """Prescreened valid rows of property prompts completed by their predictions (one predictor call per property)."""
+        from .evaluation import properties as P
+
+        samples = [sample for sample, _ in pending]
+        for (sample, row), predicted in zip(pending, P.predict_requested(samples)):
+            row.update(predicted=predicted, property_distance=P.request_distance(predicted, sample.conditions),
+                       novel=self._novel(sample.structure()))
+        return [row for _, row in pending]
 
     def finish(self, row: dict[str, Any], relaxation) -> dict[str, Any]:
         """A prescreened valid row completed by its single point or capped relaxation."""
@@ -230,12 +275,14 @@ class Scorer:
 
 
 def score_round(samples_path: Path, out: Path, scorer: Scorer) -> list[dict[str, Any]]:
-    """scores.jsonl for every refined sample (resumes by id): tiers first, then the valid crystals' energies together."""
+    """scores.jsonl for every refined sample (resumes by id): tiers first, then the property prompts' predictions, then the
+    other valid crystals' energies together."""
     from .samples import JsonlWriter, read_jsonl, read_samples
 
     samples = list(read_samples(samples_path))
     done = {r["id"]: r for r in read_jsonl(out)}
     pending: dict[Any, dict[str, Any]] = {}
+    requests: list[tuple[Any, dict[str, Any]]] = []
     items = []
     with JsonlWriter(out) as writer:
         for sample in samples:
@@ -245,9 +292,15 @@ def score_round(samples_path: Path, out: Path, scorer: Scorer) -> list[dict[str,
             if structure is None:
                 writer.write([row])
                 done[sample.id] = row
+            elif scorer.requests_property(sample):
+                requests.append((sample, row))
             else:
                 pending[sample.id] = row
                 items.append((sample.id, structure, sample.dim or 3))
+        if requests:
+            rows = scorer.finish_requests(requests)
+            writer.write(rows)
+            done.update((row["id"], row) for row in rows)
         for key, relaxation in scorer.energies(items):
             row = scorer.finish(pending.pop(key), relaxation)
             writer.write([row])
@@ -275,7 +328,7 @@ def round_metrics(samples_path: Path, scores: list[dict[str, Any]], metastable: 
     def quantile(q: float) -> float | None:
         return e[min(len(e) - 1, int(q * len(e)))] if e else None
 
-    return {
+    return {**property_metrics([(samples[r["id"]].conditions, r["predicted"]) for r in scores if r.get("predicted")]),
         "n_samples": len(scores),
         "validity": sum(bool(samples[r["id"]].valid) for r in scores) / n,  # the refiner's re-check, before the group test
         "valid_in_group": sum(r["tier"] >= 2 for r in scores) / n,
@@ -287,6 +340,21 @@ def round_metrics(samples_path: Path, scores: list[dict[str, Any]], metastable: 
         "sg_honoured": sum(honours_group(samples[r["id"]]) for r in asked) / len(asked) if asked else None,
         "metastable_threshold": metastable,
     }
+
+
+def property_metrics(rows: list[tuple[dict[str, Any], dict[str, float | None]]]) -> dict[str, Any]:
+    """Per requested property over the valid samples of property prompts: MAE of the prediction against the request and
+    the share within the predictor's tolerance (the figures `xtallm evaluate` reports, without the shuffled floor)."""
+    from .evaluation import properties as P
+
+    out: dict[str, Any] = {}
+    for key in sorted({k for _, predicted in rows for k in predicted}):
+        pairs = [(float(asked[key]), predicted[key]) for asked, predicted in rows if predicted.get(key) is not None]
+        if pairs:
+            out[f"{key}_mae"] = sum(abs(a - b) for a, b in pairs) / len(pairs)
+            out[f"{key}_within_tolerance"] = sum(P.predictor(key).within(a, b) for a, b in pairs) / len(pairs)
+            out[f"{key}_n"] = len(pairs)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ training
@@ -457,7 +525,8 @@ def run_improve(job: ImproveJob) -> dict[str, Any]:
             from xtallm.llm.data import prompt_text
 
             scored = [Scored(r["id"], prompt_text(samples[r["id"]].conditions), samples[r["id"]].text, r["tier"],
-                             r["e_above_hull"], r["novel"], r["formula"], samples[r["id"]].structure() if r["tier"] >= 1 else None)
+                             r["e_above_hull"], r["novel"], r["formula"], samples[r["id"]].structure() if r["tier"] >= 1 else None,
+                             r.get("property_distance"))
                       for r in read_jsonl(folder / "scores.jsonl") if r["id"] in samples]
             report = build_pairs(scored, index + 1, c.pairs)
             from transformers import AutoTokenizer
@@ -492,7 +561,8 @@ def plot_rounds(table: list[dict[str, Any]], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(5, 3.2))
     x = [row["model"] for row in table]
-    for key in ("metastable_rate", "valid_in_group", "uniqueness_valid", "novelty_valid"):
+    within = sorted(k for row in table for k in row if k.endswith("_within_tolerance"))
+    for key in ("metastable_rate", "valid_in_group", "uniqueness_valid", "novelty_valid", *dict.fromkeys(within)):
         values = [row.get(key) for row in table]
         if any(v is not None for v in values):
             ax.plot(x, [math.nan if v is None else v for v in values], marker="o", label=key)

@@ -18,6 +18,7 @@ vLLM's CPU backend does not run under Ray, so CPU sampling stays local (llm/ say
 
 from __future__ import annotations
 
+import gc
 import importlib.util
 import logging
 import os
@@ -150,11 +151,28 @@ def run_pickled_chunk(fn: Callable[[Any], Any], payload: bytes) -> bytes:
     return pickle.dumps(run_chunk(fn, pickle.loads(payload)))
 
 
+def one_thread() -> None:
+    """A worker's start: one thread per process (N workers, not N x cores threads), as Ray gives its 1-CPU tasks.
+    Measured: SevenNet relaxations, 2 workers on 2 cores, 3.5x faster than with each worker's default threads."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[name] = "1"
+    if "torch" in sys.modules:  # forked from a process that had loaded it
+        sys.modules["torch"].set_num_threads(1)
+
+
 def _imap_pool(fn, items, num_proc: int, ordered: bool, chunksize: int, spawn: bool) -> Iterator[list[Any]]:
     context = get_context("spawn") if spawn else None
-    with ProcessPoolExecutor(num_proc, mp_context=context) as pool:
-        yield from _bounded(lambda chunk: pool.submit(run_chunk, fn, chunk), _chunks(items, chunksize), 2 * num_proc, ordered,
-                            lambda fut: fut.result(), lambda running: wait(running, return_when=FIRST_COMPLETED)[0])
+    if not spawn:
+        # Forked workers inherit this process's heap (an evaluation holds ~10k structures); frozen, the children's
+        # garbage collector leaves it alone instead of walking it again and again.
+        gc.freeze()
+    try:
+        with ProcessPoolExecutor(num_proc, mp_context=context, initializer=one_thread) as pool:
+            yield from _bounded(lambda chunk: pool.submit(run_chunk, fn, chunk), _chunks(items, chunksize), 2 * num_proc, ordered,
+                                lambda fut: fut.result(), lambda running: wait(running, return_when=FIRST_COMPLETED)[0])
+    finally:
+        if not spawn:
+            gc.unfreeze()
 
 
 def _imap_ray(fn, items, workers: Workers, ordered: bool, chunksize: int, num_gpus: float) -> Iterator[list[Any]]:
@@ -179,26 +197,30 @@ def _ray_task(num_gpus: float):
 
 
 def _bounded(submit, chunks: Iterator[list[Any]], in_flight: int, ordered: bool, result, first_done) -> Iterator[list[Any]]:
-    """Keep `in_flight` units running; yield their results in submission order or as they finish."""
-    queue: deque = deque()
-    for chunk in chunks:
-        queue.append(submit(chunk))
-        if len(queue) < in_flight:
+    """Keep `in_flight` units running (a finished one is replaced at once, so a slow unit at the head never idles the
+    others); yield the results in submission order, or as they finish."""
+    chunks = iter(chunks)
+    running: set = set()
+    waiting: deque = deque()  # submitted, not yet yielded, in submission order
+
+    def fill() -> None:
+        while len(running) < in_flight and (chunk := next(chunks, None)) is not None:
+            handle = submit(chunk)
+            running.add(handle)
+            waiting.append(handle)
+
+    fill()
+    while waiting:
+        if ordered and waiting[0] not in running:  # the head is done
+            yield result(waiting.popleft())
             continue
-        if ordered:
-            yield result(queue.popleft())
-        else:
-            done = first_done(queue)
+        done = set(first_done(running))
+        running -= done
+        if not ordered:
             for handle in done:
-                queue.remove(handle)
+                waiting.remove(handle)
                 yield result(handle)
-    while queue:
-        if ordered:
-            yield result(queue.popleft())
-        else:
-            for handle in first_done(queue):
-                queue.remove(handle)
-                yield result(handle)
+        fill()
 
 
 def as_workers(workers: "Workers | int | None") -> Workers:

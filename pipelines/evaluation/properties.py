@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from functools import lru_cache
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from pymatgen.core import Structure
@@ -227,6 +227,31 @@ def predictor(key: str) -> Predictor:
     if key not in PREDICTORS:
         raise KeyError(f"no predictor for {key!r}; predictors: {', '.join(PREDICTORS)}")
     return PREDICTORS[key]
+
+
+def predict_requested(samples: Sequence[Any]) -> list[dict[str, float | None]]:
+    """Per sample (a `Sample`: its `conditions`, `valid`, `structure()`), the predictions of the properties its prompt
+    requests and a predictor scores; {} for an invalid sample or one that requests none. One predictor call per property."""
+    predicted: list[dict[str, float | None]] = [{} for _ in samples]
+    for key in sorted({k for s in samples for k in s.conditions if k in PREDICTORS}):
+        which = [i for i, s in enumerate(samples) if key in s.conditions and s.valid]
+        values = predictor(key).predict([samples[i].structure() for i in which], [samples[i].dim or 3 for i in which])
+        for i, value in zip(which, values):
+            predicted[i][key] = value
+    return predicted
+
+
+def request_distance(predicted: dict[str, float | None], conditions: dict[str, Any]) -> float:
+    """How far predictions are from their requests: the sum of |predicted - requested| / the predictor's tolerance
+    (atoms off for the exact atom count); inf when a requested property could not be predicted."""
+    total = 0.0
+    for key, value in predicted.items():
+        if value is None:
+            return float("inf")
+        p, asked = predictor(key), float(conditions[key])
+        scale = p.tolerance * abs(asked) if p.relative else p.tolerance
+        total += abs(value - asked) / (scale if scale > 0 else 1.0)
+    return total
 
 
 def available(key: str) -> bool:

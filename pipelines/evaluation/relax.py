@@ -10,7 +10,6 @@ uses the same pool.
 
 from __future__ import annotations
 
-import multiprocessing
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,13 +28,10 @@ _BATCH_MODEL: tuple[str, Any] | None = None  # (device, (SevenNet batch model, c
 
 
 def _calculator(mlff: str, device: str | None):
-    """The worker's potential, loaded on its first relaxation (a pool's worker, a Ray worker, or this process)."""
+    """The worker's potential, loaded on its first relaxation (a pool's worker, a Ray worker, or this process; workers run
+    one thread each: parallel.one_thread, or Ray's OMP_NUM_THREADS=1)."""
     global _CALCULATOR
     if _CALCULATOR is None or _CALCULATOR[0] != (mlff, device):
-        if multiprocessing.parent_process() is not None:  # a pool's worker: N workers, not N x cores threads
-            import torch                                 # (Ray gives its 1-CPU tasks OMP_NUM_THREADS=1 itself)
-
-            torch.set_num_threads(1)
         _CALCULATOR = ((mlff, device), S.load_calculator(mlff, device))
     return _CALCULATOR[1]
 
