@@ -3,7 +3,11 @@
 # (a) unchanged (batch 64, 1,200 steps: "the same recipe scales unchanged to a GPU") and (b) at a larger budget
 # (batch 256, BIG_STEPS steps); then every checkpoint (shipped, a, b) refines the degraded held-out crystals
 # (bulk + monolayers, bench_refiner.py run, tau 0.2, bare and repairing chain). Scoring is done on the CPU machine.
-# Status 2026-12-05: written for the lent GPU, not yet run (three calls got no machine).
+# Status 2026-12-05 (fifth session): ran on an H100 (wall 345 s): the repairing chain (`--repair`) needs pyxtal's
+# tolerance matrix (refiner/clash.py), which .dev/whl_refiner lacks and the full wheel does not fit the 64 MiB carry; the
+# run that worked carried a trimmed copy (pyxtal/__init__.py empty + tolerance.py + database/element.py, unchanged) on
+# PYTHONPATH, and copied only the 6 refined .npz files and 2 training logs to $OUT (8 files come back at most).
+# Results and scores: docs/benchmarks.md, issue 25.
 #   carry [".dev/whl_refiner", ".devdata/refiner"] (the refiner needs no MLFF wheel); command: WHL=.dev/whl_refiner bash benchmarks/device_refiner_finetune.sh
 set -u
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site ${WHL:-.whl}/*.whl || exit 3
