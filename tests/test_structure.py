@@ -94,7 +94,7 @@ def test_sample_and_generate_share_one_declaration_of_each_setting():
     assert issubclass(SampleOptions, SamplingOptions) and issubclass(RefineSettings, RefineOptions)
     assert issubclass(RefineStage, RefineSettings)
     types = {f.name: f.type for f in fields(GenerateConfig)}
-    assert types == {"sample": "SampleOptions", "refine": "RefineStage", "screen": "ScreenStage"}
+    assert types == {"sample": "SampleOptions", "refine": "RefineStage", "screen": "ScreenStage", "ray": "RaySection"}
     config = load_generate_config(None)  # the shipped recipe, found from the installed package
     assert config.sample.constrained and config.refine.steps == 50 and RefineOptions().steps == 200
 
@@ -108,7 +108,9 @@ def test_cli_flags_come_from_the_dataclasses():
     assert "most likely" in sample.help
     generate = parser._subparsers._group_actions[0].choices["generate"]
     dests = {a.dest for a in generate._actions}
-    assert {f"sample_{f.name}" for f in fields(SampleOptions) if f.name != "extra"} <= dests
+    # every sample flag but the cluster: a pipeline names its Ray cluster once (ray.address, `generate --ray`)
+    assert {f"sample_{f.name}" for f in fields(SampleOptions) if f.name not in ("extra", "ray")} | {"ray_address"} <= dests
+    assert "sample_ray" not in dests and "refine_ray" not in dests
     assert {"refine_tau", "refine_steps", "refine_enabled", "refine_batch_size"} <= dests
     args = parser.parse_args(["generate", "--out", "x", "--top-k", "5", "--refine-batch-size", "8", "--no-refine"])
     assert (args.sample_top_k, args.refine_batch_size, args.refine_enabled) == (5, 8, False)
