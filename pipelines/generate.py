@@ -210,8 +210,7 @@ def check_screen(config: GenerateConfig, conditions: dict[str, Any] | None, cond
             raise ValueError(f"--screen needs a property request with a predictor ({', '.join(P.PREDICTORS)}), e.g. "
                              f"--condition band_gap=2; the prompt {c or '(unconditional)'} has none")
         for key in keys:
-            if not P.available(key):
-                raise P.PredictorUnavailable(f'--screen {key}: its predictor is not installed: pip install -e ".[properties]"')
+            P.require(key, f"--screen {key}")
 
 
 def auto_screen(config: GenerateConfig, conditions: dict[str, Any] | None, conditions_file: str | None) -> bool:

@@ -114,8 +114,7 @@ class ImproveConfig:
                 if key not in P.PREDICTORS or len(span) != 2 or span[0] > span[1]:
                     raise ValueError(f"rounds.property_targets: {key}: {span}: expected a property with a predictor "
                                      f"({', '.join(P.PREDICTORS)}) and [low, high]")
-                if not P.available(key):
-                    raise P.PredictorUnavailable(f'rounds.property_targets: {key}: its predictor is not installed: pip install -e ".[properties]"')
+                P.require(key, f"rounds.property_targets: {key}")
         if self.train.beta <= 0 or self.train.lr <= 0 or self.train.batch_size < 1:
             raise ValueError("train.beta, train.lr > 0 and train.batch_size >= 1")
         if self.train.method not in TRAINERS:

@@ -52,20 +52,19 @@ class Workers:
     @property
     def parallel(self) -> int:
         """How many units run at once: the cluster's CPUs under Ray, else the local processes."""
-        if self.ray:
-            import ray
-
-            connect(self.ray)
-            return max(int(ray.cluster_resources().get("CPU", 1)), 1)
-        return max(self.num_proc, 1)
+        return max(int(cluster_resources(self.ray).get("CPU", 1)), 1) if self.ray else max(self.num_proc, 1)
 
 
-def cluster_gpus(address: str) -> int:
-    """GPUs the cluster at `address` has (joining it first)."""
+def cluster_resources(address: str) -> dict[str, float]:
+    """What the cluster at `address` holds (CPU, GPU, ...), joining it first."""
     import ray
 
     connect(address)
-    return int(ray.cluster_resources().get("GPU", 0))
+    return ray.cluster_resources()
+
+
+def cluster_gpus(address: str) -> int:
+    return int(cluster_resources(address).get("GPU", 0))
 
 
 def check_address(address: str | None) -> None:

@@ -18,7 +18,7 @@ from typing import Any, Callable
 
 from xtallm.llm.sampling import SAMPLERS, Output, Request, SamplingOptions
 
-from .parallel import connect
+from .parallel import cluster_gpus, connect
 
 ACTOR_RESTARTS = 3
 
@@ -52,10 +52,7 @@ class RayReplicas:
     def start(cls, address: str, backend: str, model: str, adapters: list[str] | None, options: SamplingOptions,
               max_model_len: int, seed: int = 0, batch_size: int = 256) -> "RayReplicas":
         """One replica of `backend` per `tensor_parallel_size` GPUs (or `data_parallel_size` replicas when set)."""
-        import ray
-
-        connect(address)
-        gpus = int(ray.cluster_resources().get("GPU", 0))
+        gpus = cluster_gpus(address)
         tp = options.tensor_parallel_size
         if gpus < tp:
             raise RuntimeError(f"--ray {address}: sampling runs engine replicas on GPUs and this cluster has {gpus}; vLLM's CPU "

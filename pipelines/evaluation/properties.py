@@ -254,6 +254,12 @@ def request_distance(predicted: dict[str, float | None], conditions: dict[str, A
     return total
 
 
+def require(key: str, where: str) -> None:
+    """Refuse, in one line naming the setting, a property whose predictor's optional package is not installed."""
+    if not available(key):
+        raise PredictorUnavailable(f'{where}: its predictor is not installed: pip install -e ".[properties]"')
+
+
 def available(key: str) -> bool:
     """Whether `key` can be predicted here (its optional package installed)."""
     if key not in PREDICTORS:
