@@ -79,6 +79,8 @@ class TrainOptions:
     method: str = option("rft", "rft: rejection-sampling fine-tuning, trl's SFTTrainer on the round's chosen samples (the pair "
                                 "builder's filtered, de-duplicated winners; kept metastability better, docs/benchmarks.md); dpo: "
                                 "trl's DPOTrainer on the round's pairs")
+    rft_keep: str = option("chosen", "rft's training set: chosen (every pair's winner) or metastable (only winners "
+                                     "within score.metastable of the hull: the filtered set, directed at the hull itself)")
     beta: float = option(0.1, "DPO's beta: the KL anchor to the start model (the adapter switched off)")
     lr: float = option(5e-5, "learning rate")
     epochs: float = option(1.0, "passes over a round's pairs")
@@ -119,6 +121,8 @@ class ImproveConfig:
             raise ValueError("train.beta, train.lr > 0 and train.batch_size >= 1")
         if self.train.method not in TRAINERS:
             raise ValueError(f"train.method must be one of {', '.join(TRAINERS)}, got {self.train.method!r}")
+        if self.train.rft_keep not in RFT_KEEP:
+            raise ValueError(f"train.rft_keep must be one of {', '.join(RFT_KEEP)}, got {self.train.rft_keep!r}")
 
 
 def shipped_file(path: str) -> str:
@@ -390,6 +394,16 @@ def _rft_trainer(net, tokenizer, pairs, options: "TrainOptions", common: dict[st
 
 
 TRAINERS = {"dpo": _dpo_trainer, "rft": _rft_trainer}  # train.method -> trl trainer on a round's pairs
+RFT_KEEP = ("chosen", "metastable")  # train.rft_keep
+
+
+def training_pairs(pairs: list[dict[str, Any]], scores: list[dict[str, Any]], options: TrainOptions) -> list[dict[str, Any]]:
+    """The pairs a round trains on: all of them, or for RFT on the filtered set only those whose chosen sample is
+    metastable (the top tier), so the model is pulled toward the hull rather than toward "less far above it"."""
+    if options.method != "rft" or options.rft_keep == "chosen":
+        return pairs
+    top = {r["id"] for r in scores if r["tier"] == TIERS.index("metastable")}
+    return [p for p in pairs if p["chosen_id"] in top]
 
 
 def train_adapter(model: str, adapter: str | None, pairs: list[dict[str, Any]], out: Path, options: TrainOptions) -> Path:
@@ -535,9 +549,11 @@ def run_improve(job: ImproveJob) -> dict[str, Any]:
             (folder / "pairs.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
             (folder / "pairs.json").write_text(json.dumps(report.summary(), indent=2))
             _mark(folder, "pairs", time.perf_counter() - t, timing)
-        pairs = list(read_jsonl(folder / "pairs.jsonl"))
+        pairs = training_pairs(list(read_jsonl(folder / "pairs.jsonl")), list(read_jsonl(folder / "scores.jsonl")), c.train)
         if not pairs:
-            raise RuntimeError(f"round {index + 1}: no preference pairs (no valid sample beat another); see {folder}/scores.jsonl")
+            raise RuntimeError(f"round {index + 1}: no preference pairs to train on (no valid sample beat another"
+                               f"{', none of the winners metastable' if c.train.rft_keep == 'metastable' else ''}); "
+                               f"see {folder}/scores.jsonl")
         if not _phase_done(folder, "train"):
             t = time.perf_counter()
             train_adapter(model, adapter, pairs, folder, c.train)

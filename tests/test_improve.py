@@ -129,6 +129,22 @@ def test_rft_trains_the_adapter_on_each_distinct_chosen_sample_once(tmp_path):
     assert info["method"] == "rft" and record["examples"] == 2 and record["steps"] == 2
 
 
+def test_filtered_rft_trains_only_on_metastable_winners():
+    """train.rft_keep=metastable: RFT's set is the pairs whose chosen sample reached the top tier; DPO and the plain RFT
+    keep every pair; an unknown setting is refused."""
+    from xtallm.pipelines.improve import TrainOptions, load_improve_config, training_pairs
+
+    pairs = [{"prompt": "p", "chosen": "a", "rejected": "b", "chosen_id": "a", "rejected_id": "b"},
+             {"prompt": "p", "chosen": "c", "rejected": "b", "chosen_id": "c", "rejected_id": "b"}]
+    scores = [{"id": "a", "tier": TIERS.index("metastable")}, {"id": "b", "tier": TIERS.index("invalid")},
+              {"id": "c", "tier": TIERS.index("valid")}]
+    assert training_pairs(pairs, scores, TrainOptions(method="rft", rft_keep="metastable")) == pairs[:1]
+    assert training_pairs(pairs, scores, TrainOptions(method="rft", rft_keep="chosen")) == pairs
+    assert training_pairs(pairs, scores, TrainOptions(method="dpo", rft_keep="metastable")) == pairs
+    with pytest.raises(ValueError, match="train.rft_keep must be one of chosen, metastable"):
+        load_improve_config(TINY, ["train.rft_keep=best"])
+
+
 def test_an_unknown_training_method_is_refused_in_one_line():
     from xtallm.pipelines.improve import load_improve_config
 
