@@ -122,6 +122,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=200, help="held-out crystals (default 200)")
     p.add_argument("--noise", type=float, default=None, help="bulk: fractional (default 0.005); layers: Å (default 0.05)")
     p.add_argument("--tau", type=float, default=0.2)
+    p.add_argument("--start", default="noise", choices=["noise", "input"], help="RefineOptions.start")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--device", default=None, help="refiner device (default: a GPU when present)")
     p.add_argument("--seed", type=int, default=0)
@@ -156,7 +157,7 @@ def main() -> int:
     inputs = [read_cif(s.cif) for s in samples]
     old = [build(old_fit(s, dim, g)) for s, g in zip(inputs, groups)]
 
-    settings = RefineSettings(tau=args.tau, steps=args.steps, device=args.device, seed=args.seed)
+    settings = RefineSettings(start=args.start, tau=args.tau, steps=args.steps, device=args.device, seed=args.seed)
     summary = run_refine(RefineJob(str(work / "samples.jsonl"), str(work / "refined"), settings))
     out = {r.id: r for r in read_samples(work / "refined" / "samples.jsonl")}
     refined_rows = [out[s.id] for s in samples]
@@ -192,6 +193,7 @@ def main() -> int:
         "noise": noise,
         "noise_unit": "fractional" if dim == 3 else "Å (Cartesian)",
         "rounding": "2 decimals (fractional)" if dim == 3 else "0.01 Å",
+        "start": args.start,
         "tau": args.tau,
         "steps": args.steps,
         "fit": {
@@ -212,7 +214,7 @@ def main() -> int:
     path.write_text(json.dumps(merged, indent=1))
 
     print(f"{len(samples)} held-out {'bulk crystals' if dim == 3 else 'monolayers'}, noise {noise} {result['noise_unit']}, "
-          f"tau {args.tau}, steps {args.steps}: {result['fit']['fitted']} fitted ({result['fit']['via_a_supergroup']} via a "
+          f"start {args.start}, tau {args.tau}, steps {args.steps}: {result['fit']['fitted']} fitted ({result['fit']['via_a_supergroup']} via a "
           f"supergroup), {len(refused)} refused, {fit_seconds * 1000:.0f} ms per crystal to fit")
     print(f"{'variant':9s} {'group kept':>10s} {'(refined rows)':>14s} {'match':>6s} {'RMS own':>8s} {'RMS common':>10s}")
     for v in VARIANTS:

@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import sys
 import time
 from pathlib import Path
 
@@ -97,7 +96,7 @@ def refine_heldout(refiner, crystals, device, args) -> None:
         for tau in args.taus:
             g = torch.Generator(device=device).manual_seed(start)
             if args.repair:  # as `xtallm refine` runs: per-crystal start levels, repulsion in the chain, polish
-                shipped = RefineOptions(tau=tau, steps=args.steps, corrector_steps=args.corrector_steps)
+                shipped = RefineOptions(start=args.start, tau=tau, steps=args.steps, corrector_steps=args.corrector_steps)
                 shipped.check()
                 options, table = shipped.chain(device), repulsion_table(device=device)
                 deficit = worst_deficit(noisy, table)
@@ -155,8 +154,14 @@ def sweep(args) -> None:
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     refiner = load_refiner(args.checkpoint, device)
     crystals, ids, _ = load_arrays_with_records(args.heldout)
+    crystals = crystals[: args.limit]
     order = sorted(range(len(crystals)), key=lambda i: crystals[i].n_atoms)
-    settings = {"sde+corrector": dict(corrector_steps=1), "sde": dict(corrector_steps=0), "ode": dict(corrector_steps=0, ode=True)}
+    settings = {"sde+corrector": dict(corrector_steps=1), "sde": dict(corrector_steps=0), "ode": dict(corrector_steps=0, ode=True),
+                # the input taken as already at level tau (no noise added first)
+                "sde+corrector from input": dict(corrector_steps=1, noise_input=False),
+                "ode from input": dict(corrector_steps=0, ode=True, noise_input=False),
+                "one step from input": dict(corrector_steps=0, ode=True, noise_input=False, one_step=True)}  # Tweedie's estimate
+    settings = {name: settings[name] for name in args.settings}
     rows = []
     for dim in (3, 2):
         chosen = [crystals[i] for i in order if crystals[i].dim == dim]
@@ -180,13 +185,99 @@ def sweep(args) -> None:
                 states = []
                 for j, (b, (v, k)) in enumerate(zip(batches, degraded)):
                     g = torch.Generator(device=device).manual_seed(j)
-                    options = ChainOptions(steps=args.steps, bf16=device.type == "cuda", **extra)
+                    extra = dict(extra)
+                    steps = max(1, round(1 / tau)) if extra.pop("one_step", False) else args.steps  # round(tau * steps) = 1
+                    options = ChainOptions(steps=steps, bf16=device.type == "cuda", **extra)
                     states.append(refine(refiner.model, b.replace(site_v=v, k=k), refiner.schedule, tau, options, g))
                 rms, k_err = error(states)
                 rows.append({"dim": dim, "setting": name, "tau": tau, "rms": rms, "k_err": k_err})
                 print(rows[-1])
     RESULTS.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps({"noise": args.noise, "lattice_noise": args.lattice_noise, "steps": args.steps, "rows": rows}, indent=1))
+
+
+def levels(args) -> None:
+    """Per crystal and level t of a grid, from the degraded input as it is (no noise added): the network's predicted
+    displacement (rms over atoms, Å: sigma(t) x |eps_hat|) and the error of Tweedie's one-step estimate x - sigma eps_hat
+    against the truth (array space, mean shift removed, Å); the same predicted size for the clean crystal noised to each
+    t (what the network says at its own level: a calibration). Lets a start-level rule be judged offline."""
+    from xtallm.refiner.crystal import expand, minimum_image, push_forward
+    from xtallm.refiner.diffusion import predict
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    refiner = load_refiner(args.checkpoint, device)
+    crystals, ids, _ = load_arrays_with_records(args.heldout)
+    crystals = crystals[: args.limit]
+    grid = torch.tensor(args.grid, dtype=torch.float32)
+    out = {k: [] for k in ("dim", "n_atoms", "input_rms", "input_k", "pred", "pred_k", "tweedie_rms", "tweedie_k", "calib", "calib_k")}
+
+    def rms(b, v):
+        d = minimum_image(b, expand(b, v) - expand(b, b.site_v)) @ lattice_matrix(b)
+        m = b.atom_mask[..., None].float()
+        d = d - (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
+        return torch.sqrt(((d**2).sum(-1) * m[..., 0]).sum(1) / m[..., 0].sum(1))
+
+    def size(b, lattice, dv):  # rms over atoms of the predicted Cartesian displacement per unit sigma
+        cart = push_forward(b, lattice, dv)
+        m = b.atom_mask.float()
+        return torch.sqrt(((cart**2).sum(-1) * m).sum(1) / m.sum(1))
+
+    def k_size(b, k_hat):
+        return torch.sqrt((k_hat**2).sum(-1) / b.k_free.sum(-1).clamp(min=1))
+
+    with torch.no_grad():
+        for start in range(0, len(crystals), args.batch_size):
+            b = collate(crystals[start : start + args.batch_size], refiner.vocab).to(device)
+            v, k = degrade(b, args.noise, args.lattice_noise, seed=start)
+            out["dim"].append(b.periodic.sum(-1).cpu()); out["n_atoms"].append(b.atom_mask.sum(-1).cpu())
+            out["input_rms"].append(rms(b, v).cpu()); out["input_k"].append((k - b.k).abs().max(-1).values.cpu())
+            rows = {key: [] for key in ("pred", "pred_k", "tweedie_rms", "tweedie_k", "calib", "calib_k")}
+            g = torch.Generator(device=device).manual_seed(start)
+            for t in grid.tolist():
+                tt = torch.full((b.size,), t, device=device)
+                sigma, lsigma = refiner.schedule.sigma(tt), refiner.schedule.lattice_sigma(tt)
+                noisy = b.replace(site_v=v, k=k)
+                dv, k_hat, lattice = predict(refiner.model, noisy, v, k, tt)
+                rows["pred"].append((sigma * size(noisy, lattice, dv)).cpu()); rows["pred_k"].append((lsigma * k_size(b, k_hat)).cpu())
+                v0 = wrap_sites(b, v - sigma[:, None, None] * dv) * b.site_free
+                k0 = project_k(k - lsigma[:, None] * k_hat, b.k_free, b.k_fixed)
+                rows["tweedie_rms"].append(rms(b, v0).cpu()); rows["tweedie_k"].append((k0 - b.k).abs().max(-1).values.cpu())
+                vc = wrap_sites(b, b.site_v + site_noise(b, lattice_matrix(b), g) * sigma[:, None, None])
+                kc = project_k(b.k + lsigma[:, None] * torch.randn(b.k.shape, generator=g, device=device) * b.k_free, b.k_free, b.k_fixed)
+                dv, k_hat, lattice = predict(refiner.model, b.replace(site_v=vc, k=kc), vc, kc, tt)
+                rows["calib"].append((sigma * size(b, lattice, dv)).cpu()); rows["calib_k"].append((lsigma * k_size(b, k_hat)).cpu())
+            for key, value in rows.items():
+                out[key].append(torch.stack(value, dim=1))
+    arrays = {key: torch.cat(value).numpy() for key, value in out.items()}
+    np.savez_compressed(args.out, grid=grid.numpy(), sigma=refiner.schedule.sigma(grid).numpy(),
+                        lattice_sigma=refiner.schedule.lattice_sigma(grid).numpy(), **arrays)
+    for dim in (3, 2):
+        sel = arrays["dim"] == dim
+        print(f"dim {dim}: input rms {arrays['input_rms'][sel].mean():.4f} Å; Tweedie rms by t:",
+              " ".join(f"{t:.2f}:{e:.4f}" for t, e in zip(grid.tolist(), arrays["tweedie_rms"][sel].mean(0))), flush=True)
+
+
+def levels_report(args) -> None:
+    """From a `levels` table: Tweedie's error at the best single level per kind, at each crystal's best level (an oracle),
+    and at the level a per-crystal rule picks (the lowest t where the crystal's |eps_hat| falls to the calibration's
+    median for its kind): is a per-crystal start level worth estimating?"""
+    d = np.load(args.table)
+    grid, sigma = d["grid"], d["sigma"]
+    out = {"table": args.table, "date": time.strftime("%Y-%m-%d"), "kinds": {}}
+    for name, dim in (("bulk", 3), ("monolayers", 2)):
+        m = d["dim"] == dim
+        size, calib, error = d["pred"][m] / sigma, np.median(d["calib"][m] / sigma, axis=0), d["tweedie_rms"][m]
+        best = int(error.mean(0).argmin())
+        crossing = (size <= calib).argmax(1)
+        picked = np.where((size <= calib).any(1), crossing, len(grid) - 1)
+        out["kinds"][name] = {"n": int(m.sum()), "input_rms": float(d["input_rms"][m].mean()),
+                              "best_single_level": float(grid[best]), "rms_at_best_single_level": float(error[:, best].mean()),
+                              "rms_per_crystal_oracle": float(error.min(1).mean()),
+                              "rms_per_crystal_rule": float(error[np.arange(len(picked)), picked].mean()),
+                              "rule_levels_10_50_90": [float(x) for x in np.percentile(grid[picked], [10, 50, 90])],
+                              "rms_by_level": dict(zip([f"{t:.2f}" for t in grid], error.mean(0).round(5).tolist()))}
+        print(name, json.dumps({k: v for k, v in out["kinds"][name].items() if k != "rms_by_level"}))
+    Path(args.out).write_text(json.dumps(out, indent=1))
 
 
 def score(args) -> None:
@@ -325,6 +416,7 @@ def main() -> None:
     r.add_argument("--ode", action="store_true", help="probability-flow sampler")
     r.add_argument("--repair", action="store_true", help="the refiner as `xtallm refine` runs it (RefineOptions defaults: "
                    "start levels from the distance deficit up to tau_max, repulsion, polish) instead of the bare chain")
+    r.add_argument("--start", default="noise", choices=["noise", "input"], help="--repair: RefineOptions.start")
     r.add_argument("--noise", type=float, default=0.1, help="Å")
     r.add_argument("--lattice-noise", type=float, default=0.01, help="k units (~relative length change)")
     r.add_argument("--batch-size", type=int, default=512)
@@ -346,7 +438,23 @@ def main() -> None:
     w.add_argument("--noise", type=float, default=0.1)
     w.add_argument("--lattice-noise", type=float, default=0.01)
     w.add_argument("--batch-size", type=int, default=512)
+    w.add_argument("--settings", nargs="+", default=["sde+corrector", "sde", "ode"],
+                   help="sde+corrector, sde, ode, 'sde+corrector from input', 'ode from input', 'one step from input'")
     w.add_argument("--device", default=None)
+    w.add_argument("--limit", type=int, default=None, help="the first N crystals only")
+    lv = sub.add_parser("levels")
+    lv.add_argument("--checkpoint", required=True)
+    lv.add_argument("--heldout", required=True)
+    lv.add_argument("--out", required=True)
+    lv.add_argument("--grid", type=float, nargs="+", default=[round(0.05 * i, 2) for i in range(1, 17)])
+    lv.add_argument("--noise", type=float, default=0.1)
+    lv.add_argument("--lattice-noise", type=float, default=0.01)
+    lv.add_argument("--batch-size", type=int, default=256)
+    lv.add_argument("--device", default=None)
+    lv.add_argument("--limit", type=int, default=None, help="the first N crystals only")
+    lr = sub.add_parser("levels-report")
+    lr.add_argument("--table", required=True, help="a `levels` output (.npz)")
+    lr.add_argument("--out", required=True)
     s = sub.add_parser("score")
     s.add_argument("--heldout", required=True)
     s.add_argument("--refined", required=True)
@@ -355,7 +463,7 @@ def main() -> None:
     s.add_argument("--limit", type=int, default=None, help="score the first N crystals only")
     s.add_argument("--out", default=None)
     args = parser.parse_args()
-    {"prepare": prepare, "run": run, "sweep": sweep, "score": score}[args.command](args)
+    {"prepare": prepare, "run": run, "sweep": sweep, "levels": levels, "levels-report": levels_report, "score": score}[args.command](args)
 
 
 if __name__ == "__main__":

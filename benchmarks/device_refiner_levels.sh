@@ -19,4 +19,4 @@ echo "sweep 200: rc $? $(( $(date +%s) - t0 )) s"; t0=$(date +%s)
 timeout 120 python3 benchmarks/bench_refiner.py sweep --checkpoint $C --heldout $H --out "$OUT/sweep50.json" --steps 50 \
   --taus 0.2 0.3 0.4 0.5 --settings "sde+corrector" "sde+corrector from input" > "$OUT/sweep50.log" 2>&1
 echo "sweep 50: rc $? $(( $(date +%s) - t0 )) s"
-tail -3 "$OUT"/*.log
+tail -n 3 "$OUT"/*.log

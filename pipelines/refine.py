@@ -147,7 +147,7 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
 
             refiner = load_refiner(o.checkpoint or default_refiner_path(), o.device or default_device())
             refined_chunks = (_refine_chunk(refiner, part, options) for part, options in tasks)
-        with tqdm(total=len(todo), desc=f"refining (tau {o.tau})") as bar:
+        with tqdm(total=len(todo), desc=f"refining (start={o.start})") as bar:
             for (part, _), chunk_rows in zip(tasks, refined_chunks):
                 missing = [s for s in part if s.id not in writer.done]
                 rows = [r for r in chunk_rows if r.id not in writer.done]
@@ -169,6 +169,8 @@ def run_refine(job: RefineJob) -> dict[str, Any]:
         "seconds": elapsed,
         "structures_per_s": len(todo) / elapsed if todo and elapsed > 0 else None,
         "group_kept_rate": sum(r.detected_group == r.group.number for r in checked) / len(checked) if checked else None,
+        "start": o.start,
+        "input_level": o.input_level if o.start == "input" else None,
         "tau": o.tau,
         "steps": o.steps,
         "checkpoint": str(o.checkpoint) if o.checkpoint else "default",

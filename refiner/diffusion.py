@@ -90,6 +90,7 @@ class ChainOptions:
     refine_lattice: bool = True
     bf16: bool = False  # run the network in bf16 (GPUs)
     ode: bool = False  # deterministic probability-flow steps (no injected noise, no corrector)
+    noise_input: bool = True  # SDEdit: noise the input to tau first; False: the input is taken as already at level tau
     cuda_graph: bool = True  # on CUDA, replay one captured step (the chain is launch-bound otherwise)
     compile: bool = False  # torch.compile the network (dynamic shapes: one compilation for all batch sizes)
     repulsion: float = 1.0  # strength of the clash repulsion after every step (needs a distance table; 0: off)
@@ -213,8 +214,11 @@ def refine(
     k_mask = batch.k_free * (1.0 if options.refine_lattice else 0.0)
     sigma0 = schedule.sigma(tau).float().to(device)
     lattice_sigma0 = schedule.lattice_sigma(tau).float().to(device)
-    v = wrap_sites(batch, batch.site_v + site_noise(batch, lattice_matrix(batch), xi=start_v) * sigma0[:, None, None])
-    k = project_k(batch.k + start_k * k_mask * lattice_sigma0[:, None], batch.k_free, batch.k_fixed)
+    if options.noise_input:
+        v = wrap_sites(batch, batch.site_v + site_noise(batch, lattice_matrix(batch), xi=start_v) * sigma0[:, None, None])
+        k = project_k(batch.k + start_k * k_mask * lattice_sigma0[:, None], batch.k_free, batch.k_fixed)
+    else:  # coarse input already carries noise of about sigma(tau): denoise it as it is
+        v, k = batch.site_v.clone(), batch.k.clone()
     table = None if table is None else table.to(device)
     images = None if table is None else periodic_images(batch, table)  # with room for the cell to shrink a little
     polish = table

@@ -24,11 +24,21 @@ from .crystal import arrays_to_record, collate, record_to_arrays
 from .diffusion import ChainOptions, refine
 
 
+START_MODES = ("noise", "input")  # RefineOptions.start
+
+
 @dataclass
 class RefineOptions:
     """The reverse chain's settings (SDEdit from t0 = tau), as users set them."""
 
-    tau: float = option(0.2, "noise level to start from, in (0, 1]; 0.2-0.3 measured best (docs/benchmarks.md)")
+    start: str = option("input", "how a plausible crystal (no clashing atoms) is refined: input: taken as it is at level "
+                                 "input_level and denoised by the deterministic probability flow; noise: SDEdit, noised to tau "
+                                 "first, then the stochastic chain. Crystals with clashing atoms are always noised (tau to "
+                                 "tau_max) and repaired", choices=START_MODES)
+    input_level: float = option(0.45, "start=input: the level a plausible crystal is taken at, in (0, 1]; sigma(level) should "
+                                      "match its typical error: 0.3 ~ 0.05 Å, 0.45 ~ 0.1 Å (LLM-grade, measured best), 0.55 ~ 0.18 Å")
+    tau: float = option(0.2, "noise level SDEdit starts from (start=noise, and crystals with clashing atoms), in (0, 1]; "
+                             "0.2-0.3 measured best (docs/benchmarks.md)")
     tau_max: float = option(0.5, "start crystals with clashing atoms higher, up to this level, by their worst "
                                  "distance deficit (= tau: one level for all)")
     steps: int = option(200, "steps of the whole chain; round(tau * steps) are run")
@@ -46,22 +56,34 @@ class RefineOptions:
         """The one place refinement settings are validated (every entry point calls it)."""
         if not 0.0 < self.tau <= 1.0:
             raise ValueError(f"tau must be in (0, 1], got {self.tau}")
+        if not 0.0 < self.input_level <= 1.0:
+            raise ValueError(f"input_level must be in (0, 1], got {self.input_level}")
         if not self.tau <= self.tau_max <= 1.0:
             raise ValueError(f"tau_max must be in [tau, 1] = [{self.tau}, 1], got {self.tau_max}")
         if self.steps < 1 or self.batch_size < 1 or self.max_atoms < 1 or self.corrector_steps < 0:
             raise ValueError("steps, batch_size and max_atoms must be >= 1, corrector_steps >= 0")
+        if self.start not in START_MODES:
+            raise ValueError(f"start must be one of {', '.join(START_MODES)}, got {self.start!r}")
         if self.repulsion < 0 or self.polish_steps < 0:
             raise ValueError(f"repulsion and polish_steps must be >= 0, got {self.repulsion} and {self.polish_steps}")
 
-    def chain(self, device: torch.device) -> ChainOptions:
+    def chain(self, device: torch.device, clashing: bool = False) -> ChainOptions:
+        """The chain for a batch of plausible crystals (as `start` says) or of clashing ones (always SDEdit: the
+        denoiser alone does not open a clash; noise, the repulsion and the polish do, measured)."""
         bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        from_input = self.start == "input" and not clashing
         return ChainOptions(self.steps, self.corrector_steps, self.corrector_step, self.refine_lattice, bf16,
+                            ode=from_input, noise_input=not from_input,
                             compile=self.compile, repulsion=self.repulsion, polish_steps=self.polish_steps)
 
     def start_levels(self, deficit: torch.Tensor) -> torch.Tensor:
-        """Each crystal's starting noise level from its worst distance deficit (1 - d/d0, 0 when plausible):
-        tau for a plausible crystal, rising linearly to tau_max at a deficit of one half."""
-        return self.tau + (self.tau_max - self.tau) * (deficit.double().cpu() / 0.5).clamp(0.0, 1.0)
+        """Each crystal's starting level from its worst distance deficit (1 - d/d0, 0 when plausible): a plausible
+        crystal starts at input_level (start=input) or tau (start=noise); a clashing one at tau rising linearly to
+        tau_max at a deficit of one half."""
+        deficit = deficit.double().cpu()
+        repair = self.tau + (self.tau_max - self.tau) * (deficit / 0.5).clamp(0.0, 1.0)
+        plausible = self.input_level if self.start == "input" else self.tau
+        return torch.where(deficit > 0, repair, torch.full_like(repair, plausible))
 
 
 def size_batches(sizes: list[int], batch_size: int, typical_atoms: int = 24, split_at: list[bool] | None = None) -> list[list[int]]:
@@ -105,17 +127,18 @@ def refine_records(refiner: Refiner, records: list, options: RefineOptions, prog
     measure = table is not None or options.tau_max > options.tau
     deficits = _worst_deficits(arrays, refiner.vocab, options.batch_size, device) if measure else {i: 0.0 for i in todo}
     levels = dict(zip(todo, options.start_levels(torch.tensor([deficits[i] for i in todo])).tolist()))
-    # plausible crystals (start at tau) and clashing ones (start higher: more steps) in separate batches,
-    # similar sizes together: little padding, and the plausible majority runs only round(tau x steps) steps
-    todo.sort(key=lambda i: (levels[i] > options.tau, records[i].n_atoms))
-    batches = size_batches([records[i].n_atoms for i in todo], options.batch_size, split_at=[levels[i] > options.tau for i in todo])
+    # plausible crystals and clashing ones (noised, repaired, start higher: more steps) in separate batches,
+    # similar sizes together: little padding, and the plausible majority runs only its own level's steps
+    todo.sort(key=lambda i: (deficits[i] > 0, records[i].n_atoms))
+    batches = size_batches([records[i].n_atoms for i in todo], options.batch_size, split_at=[deficits[i] > 0 for i in todo])
     batches = [[todo[j] for j in batch] for batch in batches]
-    for b, chunk in enumerate(tqdm(batches, desc=f"refine tau={options.tau}", disable=not progress or len(batches) < 2)):
+    for b, chunk in enumerate(tqdm(batches, desc=f"refine ({options.start})", disable=not progress or len(batches) < 2)):
         batch = collate([arrays[i] for i in chunk], refiner.vocab).to(device)
         generator = torch.Generator(device=device).manual_seed(options.seed * 1_000_003 + b)
         tau = torch.tensor([levels[i] for i in chunk], dtype=torch.float64)
-        site_v, k = refine(refiner.model, batch, refiner.schedule, tau, options.chain(device), generator, table,
-                           clashes=any(deficits[i] > 0 for i in chunk) if measure else None)
+        clashing = any(deficits[i] > 0 for i in chunk)
+        site_v, k = refine(refiner.model, batch, refiner.schedule, tau, options.chain(device, clashing), generator, table,
+                           clashes=clashing if measure else None)
         site_v, k = site_v.double().cpu().numpy(), k.double().cpu().numpy()
         for j, i in enumerate(chunk):
             n_sites = len(records[i].sites)

@@ -106,9 +106,21 @@ def test_planted_overlap_in_a_real_crystal_is_repaired_and_the_verdict_says_so(e
 
 
 def test_start_levels_follow_the_deficit():
+    """A clashing crystal starts at tau rising to tau_max with its deficit, noised (SDEdit); a plausible one at
+    input_level taken as it is (start=input, the default) or at tau noised (start=noise)."""
     options = RefineOptions(tau=0.2, tau_max=0.5)
     levels = options.start_levels(torch.tensor([0.0, 0.1, 0.25, 0.9]))
-    assert torch.allclose(levels, torch.tensor([0.2, 0.26, 0.35, 0.5], dtype=torch.float64))
-    assert torch.allclose(RefineOptions(tau=0.3, tau_max=0.3).start_levels(torch.tensor([0.0, 0.8])), torch.tensor([0.3, 0.3], dtype=torch.float64))
+    assert torch.allclose(levels, torch.tensor([0.45, 0.26, 0.35, 0.5], dtype=torch.float64))
+    noise = RefineOptions(start="noise", tau=0.2, tau_max=0.5)
+    assert torch.allclose(noise.start_levels(torch.tensor([0.0, 0.1])), torch.tensor([0.2, 0.26], dtype=torch.float64))
+    assert torch.allclose(RefineOptions(tau=0.3, tau_max=0.3, input_level=0.3).start_levels(torch.tensor([0.0, 0.8])),
+                          torch.tensor([0.3, 0.3], dtype=torch.float64))
+    plausible, clashing = options.chain(torch.device("cpu")), options.chain(torch.device("cpu"), clashing=True)
+    assert (plausible.ode, plausible.noise_input) == (True, False) and (clashing.ode, clashing.noise_input) == (False, True)
+    assert (noise.chain(torch.device("cpu")).ode, noise.chain(torch.device("cpu")).noise_input) == (False, True)
     with pytest.raises(ValueError, match="tau_max"):
         RefineOptions(tau=0.4, tau_max=0.3).check()
+    with pytest.raises(ValueError, match="start must be one of noise, input"):
+        RefineOptions(start="zero").check()
+    with pytest.raises(ValueError, match="input_level must be in"):
+        RefineOptions(input_level=0.0).check()
