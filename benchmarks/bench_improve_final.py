@@ -63,7 +63,8 @@ def main() -> int:
         _bench("sample", "--work", str(final), "--sets", *todo, "--uncond", str(args.n), "--prompts", str(args.prompts),
                "--seed", str(SEED), "--adapter", args.adapter)
     if not (final / "rep50" / "uncond" / "summary.json").exists():
-        _bench("refine", "--work", str(final), "--name", "rep50", "--sets", "uncond", "--steps", "50")
+        # the start arm was refined by SDEdit (the default until the sixth session): the final arm the same way
+        _bench("refine", "--work", str(final), "--name", "rep50", "--sets", "uncond", "--steps", "50", "--start", "noise")
     print(f"final arm sampled and refined in {time.perf_counter() - t:.0f} s", flush=True)
     arms = {"start": _head(start / "rep50" / "uncond" / "samples.jsonl", work / "start" / "refined.jsonl", args.n),
             "final": _head(final / "rep50" / "uncond" / "samples.jsonl", work / "final" / "refined.jsonl", args.n)}

@@ -122,7 +122,7 @@ def main() -> int:
     p.add_argument("--n", type=int, default=200, help="held-out crystals (default 200)")
     p.add_argument("--noise", type=float, default=None, help="bulk: fractional (default 0.005); layers: Å (default 0.05)")
     p.add_argument("--tau", type=float, default=0.2)
-    p.add_argument("--start", default="noise", choices=["noise", "input"], help="RefineOptions.start")
+    p.add_argument("--start", default="input", choices=["noise", "input"], help="RefineOptions.start (noise: the earlier default)")
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--device", default=None, help="refiner device (default: a GPU when present)")
     p.add_argument("--seed", type=int, default=0)

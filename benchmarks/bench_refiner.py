@@ -416,7 +416,7 @@ def main() -> None:
     r.add_argument("--ode", action="store_true", help="probability-flow sampler")
     r.add_argument("--repair", action="store_true", help="the refiner as `xtallm refine` runs it (RefineOptions defaults: "
                    "start levels from the distance deficit up to tau_max, repulsion, polish) instead of the bare chain")
-    r.add_argument("--start", default="noise", choices=["noise", "input"], help="--repair: RefineOptions.start")
+    r.add_argument("--start", default="input", choices=["noise", "input"], help="--repair: RefineOptions.start (noise: the earlier default)")
     r.add_argument("--noise", type=float, default=0.1, help="Å")
     r.add_argument("--lattice-noise", type=float, default=0.01, help="k units (~relative length change)")
     r.add_argument("--batch-size", type=int, default=512)

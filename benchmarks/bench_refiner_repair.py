@@ -172,6 +172,59 @@ def score(args) -> None:
     print("->", path)
 
 
+def energy_split(args) -> None:
+    """Two refined variants of the same LLM rows against the LLM's own crystals: SevenNet-0 single-point energy per
+    atom, split by whether the LLM's crystal broke the pair rule, on the rows structurally valid in both variants."""
+    import numpy as np
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    from xtallm.pipelines.evaluation import metrics as M
+    from xtallm.pipelines.evaluation.stability import load_calculator
+    from xtallm.pipelines.samples import read_samples
+
+    from xtallm.refiner.clash import pair_distance_table
+
+    calc = load_calculator("sevennet", "cpu")
+    table = pair_distance_table()
+    first, second = args.variants
+    result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "variants": args.variants, "sets": {}}
+    for name in args.sets:
+        rows = {n: {r.id: r for r in read_samples(Path(args.work) / n / name / "samples.jsonl")} for n in ("llm", first, second)}
+        energy: dict[str, dict[str, list[float]]] = {kind: {n: [] for n in rows} for kind in ("plausible", "clashing")}
+        for i, row in rows[second].items():
+            structures = [rows[n][i].structure() if i in rows[n] else None for n in rows]
+            if structures[0] is None or any(s is None or not M.structurally_valid(s) for s in structures[1:]):
+                continue
+            kind = "clashing" if _breaks_pair_rule(structures[0], table) else "plausible"
+            for n, structure in zip(rows, structures):
+                atoms = AseAtomsAdaptor.get_atoms(structure)
+                atoms.calc = calc
+                energy[kind][n].append(float(atoms.get_potential_energy()) / len(atoms))
+        figures = {}
+        for kind, by_variant in energy.items():
+            e = {n: np.array(v) for n, v in by_variant.items()}
+            change = lambda a, b: [float(np.percentile(e[a] - e[b], q)) for q in (10, 25, 50, 75, 90)]  # noqa: E731
+            figures[kind] = {"n": len(e["llm"]), "median": {n: float(np.median(v)) for n, v in e.items()} if len(e["llm"]) else None,
+                             f"{first}_minus_llm_10_25_50_75_90": change(first, "llm") if len(e["llm"]) else None,
+                             f"{second}_minus_llm_10_25_50_75_90": change(second, "llm") if len(e["llm"]) else None,
+                             f"{second}_minus_{first}_10_25_50_75_90": change(second, first) if len(e["llm"]) else None,
+                             f"share_{second}_below_{first}": float(np.mean(e[second] < e[first])) if len(e["llm"]) else None}
+        result["sets"][name] = figures
+        print(name, json.dumps(figures), flush=True)
+    path = RESULTS / f"refiner_energy_{first}_{second}.json"
+    path.write_text(json.dumps(result, indent=1))
+    print("->", path)
+
+
+def _breaks_pair_rule(structure, table) -> bool:
+    """Some pair closer than the per-pair rule (pyxtal's atomic tolerance), as the refiner's start levels see it."""
+    import numpy as np
+
+    i, j, _, d = structure.get_neighbor_list(float(table.max()) + 0.5)
+    z = np.asarray(structure.atomic_numbers)
+    return bool(len(d) and (d / table[z[i], z[j]]).min() < 1.0)
+
+
 def diagnose(args) -> None:
     """Classify each LLM sample that breaks the per-pair rule by its closest pair: two atoms of one orbit
     (a collapsed orbit: free coordinates near a special position), atoms of two orbits (stacked orbits),
@@ -226,7 +279,8 @@ def _cores() -> int:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("what", choices=["sample", "refine", "score", "diagnose"])
+    parser.add_argument("what", choices=["sample", "refine", "score", "diagnose", "energy-split"])
+    parser.add_argument("--variants", nargs=2, default=["rep50", "hyb"], help="energy-split: two refined variants (folders in --work)")
     parser.add_argument("--work", default="runs/repair")
     parser.add_argument("--name", default="refined", help="refine/score: the refined variant's folder")
     parser.add_argument("--sets", nargs="+", default=list(SETS), choices=SETS)
@@ -245,6 +299,8 @@ def main() -> None:
         refine(args, extra)
     elif args.what == "diagnose":
         diagnose(args)
+    elif args.what == "energy-split":
+        energy_split(args)
     else:
         score(args)
 
