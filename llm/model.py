@@ -190,7 +190,7 @@ def read_xtallm_config(path: str | Path) -> dict:
 
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 DEFAULT_MODEL = "xtallm-crystal-11m"
-DEFAULT_ADAPTERS = {"layer_group": "xtallm-crystal-11m-lg-lora"}
+DEFAULT_ADAPTERS = {"layer_group": "xtallm-crystal-11m-lg-lora", "stability": "xtallm-crystal-11m-stability-lora"}
 # Shipped adapters of other bases, loadable by name (`--adapter smollm2-135m-crystal-lora` with `--model smollm2`)
 SHIPPED_ADAPTERS = (*DEFAULT_ADAPTERS.values(), "smollm2-135m-crystal-lora")
 
@@ -204,7 +204,8 @@ def default_model_path() -> Path:
 
 
 def default_adapter_path(task: str = "layer_group") -> Path:
-    """Folder of a shipped LoRA adapter for the default model (`layer_group`: dim=2 lg=N prompts)."""
+    """Folder of a shipped LoRA adapter for the default model (`layer_group`: dim=2 lg=N prompts; `stability`: the
+    default after `xtallm improve`'s filtered rejection-sampling rounds, docs/benchmarks.md issue 28)."""
     if task not in DEFAULT_ADAPTERS:
         raise ValueError(f"no shipped adapter for {task!r}; known: {', '.join(DEFAULT_ADAPTERS)}")
     path = PRETRAINED_DIR / DEFAULT_ADAPTERS[task]

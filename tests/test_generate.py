@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 
@@ -42,6 +43,19 @@ def test_pipeline_configs_load():
     for path in sorted((REPO / "configs" / "pipeline").glob("*.yaml")):
         config = load_generate_config(str(path))
         assert config.sample.constrained and config.refine.enabled
+
+
+def test_the_shipped_stability_adapter_fits_the_default_and_its_recipe_names_it():
+    """configs/pipeline/improved.yaml samples the default LM with the adapter `xtallm improve` produced; the adapter is
+    package data, found by its task name, and records the default as its base (checked before any engine starts)."""
+    from xtallm.llm.model import default_model_path, resolve_adapter
+    from xtallm.llm.sampling import check_adapter_matches
+
+    config = load_generate_config(str(REPO / "configs" / "pipeline" / "improved.yaml"))
+    adapter = resolve_adapter(config.sample.adapter)
+    assert config.sample.adapter == "stability" and adapter.endswith("xtallm-crystal-11m-stability-lora")
+    check_adapter_matches(str(default_model_path()), adapter)
+    assert (Path(adapter) / "README.md").read_text().count("metastable") >= 1
 
 
 def test_redraw_invalid_replaces_invalid_rows_and_keeps_the_first_draws(tmp_path):
