@@ -9,7 +9,7 @@ import torch
 
 from xtallm.refiner.checkpoint import load_refiner
 from xtallm.refiner.clash import closest_pair, relieve, repulsion_table, worst_deficit
-from xtallm.refiner.crystal import arrays_to_record, collate, record_to_arrays
+from xtallm.refiner.crystal import collate, record_to_arrays
 from xtallm.refiner.pretrained import default_refiner_path
 from xtallm.refiner.refine import RefineOptions, refine_records
 from xtallm.tokenization.record import CrystalRecord, Site, detect_group
