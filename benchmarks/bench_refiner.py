@@ -146,11 +146,20 @@ def measure_speed(refiner, crystals, device, args) -> list[dict]:
     return rows
 
 
+def cartesian_rms(batch, site_v) -> torch.Tensor:
+    """Per crystal: rms over atoms of the Cartesian distance from the batch's own (true) crystal, mean shift removed
+    (the origin is free), in Å: the array-space error of the sweep and the level table."""
+    from xtallm.refiner.crystal import expand, minimum_image
+
+    d = minimum_image(batch, expand(batch, site_v) - expand(batch, batch.site_v)) @ lattice_matrix(batch)
+    m = batch.atom_mask[..., None].float()
+    d = d - (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
+    return torch.sqrt(((d**2).sum(-1) * m[..., 0]).sum(1) / m[..., 0].sum(1))
+
+
 def sweep(args) -> None:
     """Sampler settings x tau on the held-out set, scored in array space (fast, no pymatgen):
     RMS Cartesian displacement to the truth after removing the mean shift (origin freedom), in Å."""
-    from xtallm.refiner.crystal import expand, minimum_image
-
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     refiner = load_refiner(args.checkpoint, device)
     crystals, ids, _ = load_arrays_with_records(args.heldout)
@@ -171,10 +180,7 @@ def sweep(args) -> None:
         def error(states) -> tuple[float, float]:
             rms, dk = [], []
             for b, (v, k) in zip(batches, states):
-                d = minimum_image(b, expand(b, v) - expand(b, b.site_v)) @ lattice_matrix(b)
-                m = b.atom_mask[..., None].float()
-                d = d - (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
-                rms += torch.sqrt(((d**2).sum(-1) * m[..., 0]).sum(1) / m[..., 0].sum(1)).tolist()
+                rms += cartesian_rms(b, v).tolist()
                 dk += (k - b.k).abs().max(-1).values.tolist()
             return float(np.mean(rms)), float(np.mean(dk))
 
@@ -201,7 +207,7 @@ def levels(args) -> None:
     displacement (rms over atoms, Å: sigma(t) x |eps_hat|) and the error of Tweedie's one-step estimate x - sigma eps_hat
     against the truth (array space, mean shift removed, Å); the same predicted size for the clean crystal noised to each
     t (what the network says at its own level: a calibration). Lets a start-level rule be judged offline."""
-    from xtallm.refiner.crystal import expand, minimum_image, push_forward
+    from xtallm.refiner.crystal import push_forward
     from xtallm.refiner.diffusion import predict
 
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -210,12 +216,6 @@ def levels(args) -> None:
     crystals = crystals[: args.limit]
     grid = torch.tensor(args.grid, dtype=torch.float32)
     out = {k: [] for k in ("dim", "n_atoms", "input_rms", "input_k", "pred", "pred_k", "tweedie_rms", "tweedie_k", "calib", "calib_k")}
-
-    def rms(b, v):
-        d = minimum_image(b, expand(b, v) - expand(b, b.site_v)) @ lattice_matrix(b)
-        m = b.atom_mask[..., None].float()
-        d = d - (d * m).sum(1, keepdim=True) / m.sum(1, keepdim=True)
-        return torch.sqrt(((d**2).sum(-1) * m[..., 0]).sum(1) / m[..., 0].sum(1))
 
     def size(b, lattice, dv):  # rms over atoms of the predicted Cartesian displacement per unit sigma
         cart = push_forward(b, lattice, dv)
@@ -230,7 +230,7 @@ def levels(args) -> None:
             b = collate(crystals[start : start + args.batch_size], refiner.vocab).to(device)
             v, k = degrade(b, args.noise, args.lattice_noise, seed=start)
             out["dim"].append(b.periodic.sum(-1).cpu()); out["n_atoms"].append(b.atom_mask.sum(-1).cpu())
-            out["input_rms"].append(rms(b, v).cpu()); out["input_k"].append((k - b.k).abs().max(-1).values.cpu())
+            out["input_rms"].append(cartesian_rms(b, v).cpu()); out["input_k"].append((k - b.k).abs().max(-1).values.cpu())
             rows = {key: [] for key in ("pred", "pred_k", "tweedie_rms", "tweedie_k", "calib", "calib_k")}
             g = torch.Generator(device=device).manual_seed(start)
             for t in grid.tolist():
@@ -241,7 +241,7 @@ def levels(args) -> None:
                 rows["pred"].append((sigma * size(noisy, lattice, dv)).cpu()); rows["pred_k"].append((lsigma * k_size(b, k_hat)).cpu())
                 v0 = wrap_sites(b, v - sigma[:, None, None] * dv) * b.site_free
                 k0 = project_k(k - lsigma[:, None] * k_hat, b.k_free, b.k_fixed)
-                rows["tweedie_rms"].append(rms(b, v0).cpu()); rows["tweedie_k"].append((k0 - b.k).abs().max(-1).values.cpu())
+                rows["tweedie_rms"].append(cartesian_rms(b, v0).cpu()); rows["tweedie_k"].append((k0 - b.k).abs().max(-1).values.cpu())
                 vc = wrap_sites(b, b.site_v + site_noise(b, lattice_matrix(b), g) * sigma[:, None, None])
                 kc = project_k(b.k + lsigma[:, None] * torch.randn(b.k.shape, generator=g, device=device) * b.k_free, b.k_free, b.k_fixed)
                 dv, k_hat, lattice = predict(refiner.model, b.replace(site_v=vc, k=kc), vc, kc, tt)

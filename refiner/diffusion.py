@@ -5,9 +5,10 @@ each site's free subspace (sigma in Å), wrapped on periodic axes; the network p
 per-atom Cartesian displacement / sigma, which is the negative wrapped-normal score times
 sigma (nearest image). Lattice: the same process on the free k components.
 
-Refinement is SDEdit: take a structure, noise it to t0 = tau, and run the reverse
-predictor-corrector chain from there. The chain has `steps` steps over t in [0, 1], so
-refining at tau runs round(tau * steps) of them.
+Refinement starts the reverse chain at a level t0 = tau: SDEdit noises the structure to tau
+first and runs the predictor-corrector chain; with `noise_input=False` the structure is taken as
+already at level tau (coarse input) and, with `ode`, run back by the probability flow. The chain
+has `steps` steps over t in [0, 1], so starting at tau runs round(tau * steps) of them.
 """
 
 from __future__ import annotations

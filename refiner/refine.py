@@ -29,7 +29,8 @@ START_MODES = ("noise", "input")  # RefineOptions.start
 
 @dataclass
 class RefineOptions:
-    """The reverse chain's settings (SDEdit from t0 = tau), as users set them."""
+    """The reverse chain's settings, as users set them: where each crystal starts (from the input, or noised by
+    SDEdit) and the chain's numerics."""
 
     start: str = option("input", "how a plausible crystal (no clashing atoms) is refined: input: taken as it is at level "
                                  "input_level and denoised by the deterministic probability flow; noise: SDEdit, noised to tau "
@@ -41,7 +42,7 @@ class RefineOptions:
                              "0.2-0.3 measured best (docs/benchmarks.md)")
     tau_max: float = option(0.5, "start crystals with clashing atoms higher, up to this level, by their worst "
                                  "distance deficit (= tau: one level for all)")
-    steps: int = option(200, "steps of the whole chain; round(tau * steps) are run")
+    steps: int = option(200, "steps of the whole chain over levels (0, 1]; a crystal starting at level L runs round(L * steps)")
     corrector_steps: int = option(1, "Langevin corrector steps per predictor step")
     corrector_step: float = option(0.1, "corrector step size (signal-to-noise ratio)")
     refine_lattice: bool = option(True, "move the free lattice parameters too (no: coordinates only)")
