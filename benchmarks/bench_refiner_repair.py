@@ -110,11 +110,19 @@ def score_set(llm_rows: dict, refined_rows: list, dim: int) -> dict:
     return rates
 
 
+def _energy_per_atom(structure, calc) -> float:
+    """A single point (eV/atom) of a pymatgen structure with an ASE calculator."""
+    from pymatgen.io.ase import AseAtomsAdaptor
+
+    atoms = AseAtomsAdaptor.get_atoms(structure)
+    atoms.calc = calc
+    return float(atoms.get_potential_energy()) / len(atoms)
+
+
 def energies(pairs: list, limit: int) -> dict:
     """SevenNet-0 single-point energy per atom, LLM vs refined, same ids (same composition, so the MP2020
     correction, identical on both sides, is left out)."""
     import numpy as np
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     from xtallm.pipelines.evaluation.stability import load_calculator
 
@@ -123,9 +131,7 @@ def energies(pairs: list, limit: int) -> dict:
     for s0, s1 in pairs[:limit]:
         e = []
         for s in (s0, s1):
-            atoms = AseAtomsAdaptor.get_atoms(s)
-            atoms.calc = calc
-            e.append(float(atoms.get_potential_energy()) / len(atoms))
+            e.append(_energy_per_atom(s, calc))
         before.append(e[0])
         after.append(e[1])
     b, a = np.array(before), np.array(after)
@@ -176,7 +182,6 @@ def energy_split(args) -> None:
     """Two refined variants of the same LLM rows against the LLM's own crystals: SevenNet-0 single-point energy per
     atom, split by whether the LLM's crystal broke the pair rule, on the rows structurally valid in both variants."""
     import numpy as np
-    from pymatgen.io.ase import AseAtomsAdaptor
 
     from xtallm.pipelines.evaluation import metrics as M
     from xtallm.pipelines.evaluation.stability import load_calculator
@@ -197,9 +202,7 @@ def energy_split(args) -> None:
                 continue
             kind = "clashing" if _breaks_pair_rule(structures[0], table) else "plausible"
             for n, structure in zip(rows, structures):
-                atoms = AseAtomsAdaptor.get_atoms(structure)
-                atoms.calc = calc
-                energy[kind][n].append(float(atoms.get_potential_energy()) / len(atoms))
+                energy[kind][n].append(_energy_per_atom(structure, calc))
         figures = {}
         for kind, by_variant in energy.items():
             e = {n: np.array(v) for n, v in by_variant.items()}
