@@ -18,9 +18,10 @@ def test_shipped_weights_are_small_safetensors():
     files = sorted(PRETRAINED_DIR.rglob("*.safetensors"))
     assert files, "no shipped weights"
     assert all(f.stat().st_size < 16 * MIB for f in files)
-    # the 11M default + its layer-group adapter (~24 MB), and the SmolLM2 crystal adapter (bf16, ~10 MB)
-    assert sum(f.stat().st_size for f in files) <= 36_000_000
-    for folder in (default_model_path(), default_adapter_path(), PRETRAINED_DIR / "smollm2-135m-crystal-lora"):
+    # the 11M default + its layer-group and stability adapters (~27 MB), and the SmolLM2 crystal adapter (bf16, ~10 MB)
+    assert sum(f.stat().st_size for f in files) <= 38_000_000
+    for folder in (default_model_path(), *(default_adapter_path(name) for name in DEFAULT_ADAPTERS),
+                   PRETRAINED_DIR / "smollm2-135m-crystal-lora"):
         text = (folder / "README.md").read_text()
         assert text.startswith("---\n") and "library_name" in text and (folder / "xtallm.json").exists()
 
@@ -30,14 +31,15 @@ def test_default_and_adapter_load_in_fp32_on_cpu():
     assert next(model.parameters()).dtype == torch.float32
     assert 5e6 < sum(p.numel() for p in model.parameters()) < 14e6
     ids = torch.tensor([[tok.bos_token_id] + tok("dim=2 lg=78\n", add_special_tokens=False)["input_ids"]])
-    tuned, _ = load_default_model(adapter="layer_group", device="cpu")
-    with torch.no_grad():
-        assert not torch.allclose(model(ids).logits, tuned(ids).logits)
-    config = json.loads((default_adapter_path() / "adapter_config.json").read_text())
-    assert config["base_model_name_or_path"] == default_model_path().name
+    assert set(DEFAULT_ADAPTERS) == {"layer_group", "stability"}
+    for name in DEFAULT_ADAPTERS:
+        tuned, _ = load_default_model(adapter=name, device="cpu")
+        with torch.no_grad():
+            assert not torch.allclose(model(ids).logits, tuned(ids).logits), name
+        config = json.loads((default_adapter_path(name) / "adapter_config.json").read_text())
+        assert config["base_model_name_or_path"] == default_model_path().name
     with pytest.raises(ValueError, match="no shipped adapter"):
         default_adapter_path("nope")
-    assert set(DEFAULT_ADAPTERS) == {"layer_group"}
 
 
 @pytest.fixture(scope="module")
