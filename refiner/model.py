@@ -12,7 +12,9 @@ multiplied by them, so it rotates with the frame), and six k-space coefficients 
 
 from __future__ import annotations
 
+import ctypes
 import math
+import platform
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +35,27 @@ class DenoiserConfig:
     site_vocab_size: int = 1  # set from the training data's site-symmetry vocabulary
 
 
+# On the CPU the edge MLP runs over rows of atoms, about this many pairs at a time: its temporaries (pairs x hidden
+# floats, 8 MB at hidden 256) stay below glibc's mmap threshold and are reused from the heap. All pairs at once made
+# each temporary a fresh mapping (150 MB on the default's batches), page-faulted anew on every call: half of the
+# refiner's CPU time was system time (docs/benchmarks.md, "The refiner's CPU speed"). GPUs take all pairs at once.
+CPU_EDGE_PAIRS = 8192
+
+
+def keep_freed_memory() -> None:
+    """Let glibc keep freed chunks up to 32 MB in the heap (and trim it above 64 MB) instead of returning them to
+    the OS, so the network's per-step temporaries are not mapped and faulted in again each step (no-op off glibc)."""
+    if platform.system() != "Linux" or platform.libc_ver()[0] != "glibc":
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3  # <malloc.h>
+    libc.mallopt(m_mmap_threshold, 32 << 20)
+    libc.mallopt(m_trim_threshold, 64 << 20)
+
+
 class EdgeBlock(nn.Module):
     """Message passing over all pairs; the first edge layer is split per endpoint so it runs per node."""
 
@@ -46,15 +69,23 @@ class EdgeBlock(nn.Module):
         self.norm = nn.LayerNorm(hidden)
 
     def forward(self, h: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
-        m = self.src(h)[:, :, None, :] + self.dst(h)[:, None, :, :] + self.feat(edge)
-        m = F.silu(self.edge_out(F.silu(m)))
-        agg = (m * mask[:, None, :, None]).sum(2) / count[:, None, None]
+        src, dst = self.src(h), self.dst(h)
+        batch, atoms, _ = h.shape
+        rows = max(1, CPU_EDGE_PAIRS // max(1, batch * atoms)) if h.device.type == "cpu" else atoms
+        weight = mask[:, None, :, None]
+        sums = []
+        for i in range(0, atoms, rows):  # messages to atoms i..i+rows from every atom j (masked: real atoms only)
+            m = self.feat(edge[:, i : i + rows]) + src[:, i : i + rows, None, :] + dst[:, None, :, :]
+            m = F.silu(self.edge_out(F.silu(m)))
+            sums.append((m * weight).sum(2))
+        agg = torch.cat(sums, 1) / count[:, None, None]
         return self.norm(h + self.node(torch.cat([h, agg], dim=-1)))
 
 
 class Denoiser(nn.Module):
     def __init__(self, config: DenoiserConfig):
         super().__init__()
+        keep_freed_memory()
         self.config = config
         h = config.hidden
         self.element = nn.Embedding(config.max_z + 1, h)

@@ -87,18 +87,24 @@ class RefineOptions:
         return torch.where(deficit > 0, repair, torch.full_like(repair, plausible))
 
 
-def size_batches(sizes: list[int], batch_size: int, typical_atoms: int = 24, split_at: list[bool] | None = None) -> list[list[int]]:
+def size_batches(sizes: list[int], batch_size: int, typical_atoms: int = 24, split_at: list[bool] | None = None,
+                 max_padding: float = 1.5) -> list[list[int]]:
     """Consecutive index batches over ascending sizes, capped so that batch x largest^2 (the padded
-    pair count, which sets the cost) stays within batch_size x typical_atoms^2; a new batch also starts
-    where `split_at` changes value (e.g. from plausible to clashing crystals)."""
+    pair count, which sets the cost) stays within batch_size x typical_atoms^2 and within `max_padding`
+    times the batch's real pairs (sum of size^2: on a CPU every padded pair costs as much as a real one);
+    a new batch also starts where `split_at` changes value (e.g. from plausible to clashing crystals)."""
     budget = batch_size * typical_atoms**2
     batches: list[list[int]] = []
+    real = 0  # the last batch's real pairs
     for i, n in enumerate(sizes):
         same_kind = split_at is None or (batches and split_at[batches[-1][-1]] == split_at[i])
-        if batches and same_kind and len(batches[-1]) < batch_size and (len(batches[-1]) + 1) * n * n <= budget:
+        padded = (len(batches[-1]) + 1) * n * n if batches else 0
+        if batches and same_kind and len(batches[-1]) < batch_size and padded <= budget and padded <= max_padding * (real + n * n):
             batches[-1].append(i)
+            real += n * n
         else:
             batches.append([i])
+            real = n * n
     return batches
 
 

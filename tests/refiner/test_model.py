@@ -147,3 +147,25 @@ def test_a_tiny_model_learns(batch, example_arrays):
         value.backward()
         optimizer.step()
     assert loss().item() < 0.5 * start
+
+
+def test_edge_messages_in_row_chunks_equal_all_pairs_at_once(model, batch, monkeypatch):
+    """The CPU runs the edge MLP a few rows of atoms at a time (refiner/model.py: CPU_EDGE_PAIRS); outputs and
+    gradients must be those of all pairs at once, whatever the chunk."""
+    import xtallm.refiner.model as network
+
+    frac, lattice, t = expand(batch, batch.site_v), lattice_matrix(batch), torch.full((batch.size,), 0.3)
+
+    def run(pairs: int):
+        monkeypatch.setattr(network, "CPU_EDGE_PAIRS", pairs)
+        model.zero_grad()
+        coeff, k_out = model(batch, frac, batch.k, lattice, t)
+        (coeff.square().sum() + k_out.square().sum()).backward()
+        return coeff.detach(), k_out.detach(), model.blocks[0].edge_out.weight.grad.clone()
+
+    whole = run(10**9)
+    assert batch.atom_mask.shape[1] > 2  # so that one pair per chunk below means several chunks
+    for pairs in (1, batch.size * 3):
+        for a, b in zip(run(pairs), whole):
+            torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    model.zero_grad()

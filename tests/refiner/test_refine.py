@@ -7,6 +7,7 @@ import warnings
 from collections import Counter
 
 import ase.io
+import numpy as np
 import pytest
 from pymatgen.core import Structure
 
@@ -150,3 +151,21 @@ def test_known_monolayers_survive_encode_decode_refine(tmp_path):
         atoms = ase.io.read(out / "cif" / f"known-{i}.extxyz")
         assert tuple(atoms.pbc) == (True, True, False) and atoms.info["layer_group"] == expected
         assert len(atoms) == len(structure)
+
+
+def test_size_batches_bound_the_padding_and_keep_kinds_apart():
+    """Batches over ascending sizes: every index once, in order; padded pairs within the budget and within
+    max_padding of the real ones (a single crystal may stand alone); a new batch where split_at changes."""
+    from xtallm.refiner.refine import size_batches
+
+    rng = np.random.default_rng(0)
+    sizes = sorted(int(n) for n in rng.integers(1, 90, 300))
+    split = [i >= 200 for i in range(300)]
+    for max_padding in (1.0, 1.5, 4.0):
+        batches = size_batches(sizes, 64, split_at=split, max_padding=max_padding)
+        assert [i for b in batches for i in b] == list(range(300))
+        for b in batches:
+            padded, real = len(b) * sizes[b[-1]] ** 2, sum(sizes[i] ** 2 for i in b)
+            assert len(b) == 1 or (padded <= 64 * 24**2 and padded <= max_padding * real)
+            assert len({split[i] for i in b}) == 1
+    assert len(size_batches(sizes, 64, max_padding=1.5)) > len(size_batches(sizes, 64, max_padding=100.0))
