@@ -39,6 +39,23 @@ def _head(src: Path, dst: Path, n: int) -> Path:
     return dst
 
 
+def _prescreen_rest(refined: Path, out: Path, scorer, scored: set) -> list[dict]:
+    """Rows for the samples not in `scored`: the scorer's tiers up to `valid` and novelty, no energy (resumes by id)."""
+    from tqdm import tqdm
+
+    from xtallm.pipelines.samples import JsonlWriter, read_jsonl, read_samples
+
+    rows = {r["id"]: r for r in read_jsonl(out)}
+    with JsonlWriter(out) as writer:
+        for sample in tqdm([s for s in read_samples(refined) if s.id not in scored and s.id not in rows], desc="prescreen"):
+            row, structure = scorer.prescreen(sample)
+            if structure is not None:
+                row["novel"] = scorer.novel(structure)
+            writer.write([row])
+            rows[row["id"]] = row
+    return list(rows.values())
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--start", required=True, help="the model table's folder of the start model (llm/, rep50/)")
@@ -47,6 +64,9 @@ def main() -> int:
     parser.add_argument("--n", type=int, default=200, help="dim=3 samples per arm (refined and scored)")
     parser.add_argument("--prompts", type=int, default=100, help="held-out prompts per condition")
     parser.add_argument("--relax-steps", type=int, default=10)
+    parser.add_argument("--energy-n", type=int, default=None,
+                        help="score energies (the capped relaxation) of the first N of the --n only; validity, uniqueness "
+                             "and novelty are over all --n (default: all)")
     parser.add_argument("--train", default=".devdata/ref/train_bulk.csv.gz", help="training table for novelty")
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
@@ -70,11 +90,20 @@ def main() -> int:
             "final": _head(final / "rep50" / "uncond" / "samples.jsonl", work / "final" / "refined.jsonl", args.n)}
     scorer = Scorer(ScoreOptions(relax_steps=args.relax_steps, engine="batched", device="cpu", novelty_reference=args.train))
     result = {"date": time.strftime("%Y-%m-%d"), "start": str(start), "adapter": args.adapter, "n": args.n,
-              "relax_steps": args.relax_steps, "arms": {}}
+              "relax_steps": args.relax_steps, "energy_n": args.energy_n or args.n, "arms": {}}
+    energy_n = min(args.n, args.energy_n or args.n)
     for name, refined in arms.items():
         t = time.perf_counter()
-        scores = score_round(refined, work / name / "scores.jsonl", scorer)
-        metrics = round_metrics(refined, scores, scorer.options.metastable)
+        subsample = _head(refined, work / name / f"refined_first{energy_n}.jsonl", energy_n) if energy_n < args.n else refined
+        scores = score_round(subsample, work / name / "scores.jsonl", scorer)
+        if energy_n < args.n:  # the rest: validity, group and novelty without an energy
+            energies = round_metrics(subsample, scores, scorer.options.metastable)
+            scores = scores + _prescreen_rest(refined, work / name / "prescreened.jsonl", scorer, {r["id"] for r in scores})
+            metrics = round_metrics(refined, scores, scorer.options.metastable)
+            rates = ("metastable_rate", "stable_rate", "e_above_hull_quartiles")
+            metrics.update({key: energies[key] for key in rates}, energy_subsample=energy_n)
+        else:
+            metrics = round_metrics(refined, scores, scorer.options.metastable)
         llm = start / "llm" if name == "start" else final / "llm"
         metrics["conditional"] = {key: condition_score(llm / key / "samples.jsonl", key, prompts=args.prompts)
                                   for key in ("sg", "elements", "formula")}

@@ -197,7 +197,7 @@ class Scorer:
         self.hull = S.Hull(shipped_file(options.hull))
         self._reference = None  # metrics.ReferenceIndex of the training table, built when first asked
 
-    def _novel(self, structure) -> bool | None:
+    def novel(self, structure) -> bool | None:
         """No match in the training table: the evaluation's own test (metrics.ReferenceIndex, per formula bucket)."""
         if self.options.novelty_reference is None:
             return None
@@ -247,7 +247,7 @@ class Scorer:
         samples = [sample for sample, _ in pending]
         for (sample, row), predicted in zip(pending, P.predict_requested(samples)):
             row.update(predicted=predicted, property_distance=P.request_distance(predicted, sample.conditions),
-                       novel=self._novel(sample.structure()))
+                       novel=self.novel(sample.structure()))
         return [row for _, row in pending]
 
     def finish(self, row: dict[str, Any], relaxation) -> dict[str, Any]:
@@ -265,7 +265,7 @@ class Scorer:
         row["why"] = reason
         if row["e_above_hull"] is not None and row["e_above_hull"] <= self.options.metastable:
             row["tier"] = TIERS.index("metastable")
-        row["novel"] = self._novel(structure)
+        row["novel"] = self.novel(structure)
         return row
 
     def energies(self, items: list[tuple[Any, Any, int]]):

@@ -170,9 +170,9 @@ def test_novelty_is_the_evaluations_test_against_the_training_table():
     scorer = Scorer(ScoreOptions(novelty_reference=str(table)))
     known = read_cif(pd.read_csv(table)["cif"][0])
     known.perturb(0.01)  # a training crystal, slightly moved, is still known
-    assert scorer._novel(known) is False
-    assert scorer._novel(Structure(Lattice.cubic(3.3), ["Xe", "Kr"], [[0, 0, 0], [0.5, 0.5, 0.5]])) is True
-    assert Scorer(ScoreOptions())._novel(known) is None  # no table: novelty unknown, never assumed
+    assert scorer.novel(known) is False
+    assert scorer.novel(Structure(Lattice.cubic(3.3), ["Xe", "Kr"], [[0, 0, 0], [0.5, 0.5, 0.5]])) is True
+    assert Scorer(ScoreOptions()).novel(known) is None  # no table: novelty unknown, never assumed
 
 
 def test_property_prompts_prefer_the_sample_closest_to_the_request():
