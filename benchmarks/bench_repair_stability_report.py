@@ -54,6 +54,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(Path(__file__).resolve().parent / "results" / "refiner_repair_stability.json"))
     parser.add_argument("--cap", type=int, default=1500, help="the FIRE step cap the relaxations ran with")
     parser.add_argument("--relaxations", default=None, help="folder with both arms' `xtallm relax` outputs (default: WORK/out)")
+    parser.add_argument("--refined", default="rep50", help="the refined variant's folder in runs/repair (bench_refiner_repair.py --name)")
     args = parser.parse_args()
     work = Path(args.work)
     with lzma.open(work / "llm.jsonl.xz", "rt") as f:
@@ -88,7 +89,7 @@ def main() -> int:
         commands = [
             "python benchmarks/device_wheels.py --out .whl",
             "stage: first 300 ids of runs/repair/llm/uncond/samples.jsonl -> .dev/s25/llm.jsonl.xz, same ids of "
-            "runs/repair/rep50/uncond/samples.jsonl -> .dev/s25/refined.jsonl.xz",
+            f"runs/repair/{args.refined}/uncond/samples.jsonl -> .dev/s25/refined.jsonl.xz",
             "device (run tool, nvidia-h200, carry ['.whl']): LIMIT=500 bash benchmarks/device_repair_stability.sh",
             "xtallm evaluate .dev/s25/<arm>.jsonl.xz --reference heldout/mp20-heldout-v1-reference.csv.xz --no-coverage --num-proc 1 "
             "--hull configs/data/hull_sevennet_v1.csv.xz --mlff sevennet --relaxed .dev/s25/out/relaxed_<arm>.jsonl --out .dev/s25/eval_<arm>",
@@ -96,7 +97,7 @@ def main() -> int:
     else:
         commands = [
             f"stage: first {n} ids of runs/repair/llm/uncond/samples.jsonl -> {work}/llm.jsonl.xz, same ids of "
-            f"runs/repair/rep50/uncond/samples.jsonl -> {work}/refined.jsonl.xz",
+            f"runs/repair/{args.refined}/uncond/samples.jsonl -> {work}/refined.jsonl.xz",
             f"OMP_NUM_THREADS=1 xtallm relax {work}/<arm>.jsonl.xz --out {args.relaxations}/<arm> --mlff sevennet --engine batched "
             f"--device cpu --relax-steps {args.cap} --fmax 0.05 --batch-atoms 800   # both arms side by side, 1 thread each",
             f"xtallm evaluate {work}/<arm>.jsonl.xz --reference heldout/mp20-heldout-v1-reference.csv.xz --no-coverage --num-proc 2 "
@@ -106,7 +107,7 @@ def main() -> int:
     result = {
         "date": time.strftime("%Y-%m-%d"),
         "samples": f"first {n} ids (file order) of runs/repair/llm/uncond/samples.jsonl (1,000 dim=3 samples, default model, "
-                   "constrained); refined = the same ids in runs/repair/rep50/uncond/samples.jsonl (repairing refiner, 50 steps)",
+                   f"constrained); refined = the same ids in runs/repair/{args.refined}/uncond/samples.jsonl (repairing refiner, 50 steps)",
         "protocol": {"mlff": "SevenNet-0 (sevenn 0.13.0), raw PBE scale + MaterialsProject2020Compatibility",
                      "relaxation": f"xtallm relax, batched FIRE + FrechetCellFilter on the {'GPU' if gpu else 'CPU'}, <= {args.cap} "
                                    "steps, fmax 0.05 eV/A, every row with a crystal relaxed (valid or not)"
