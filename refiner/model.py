@@ -70,16 +70,20 @@ class EdgeBlock(nn.Module):
 
     def forward(self, h: torch.Tensor, edge: torch.Tensor, mask: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
         src, dst = self.src(h), self.dst(h)
-        batch, atoms, _ = h.shape
-        rows = max(1, CPU_EDGE_PAIRS // max(1, batch * atoms)) if h.device.type == "cpu" else atoms
         weight = mask[:, None, :, None]
-        sums = []
-        for i in range(0, atoms, rows):  # messages to atoms i..i+rows from every atom j (masked: real atoms only)
-            m = self.feat(edge[:, i : i + rows]) + src[:, i : i + rows, None, :] + dst[:, None, :, :]
-            m = F.silu(self.edge_out(F.silu(m)))
-            sums.append((m * weight).sum(2))
-        agg = torch.cat(sums, 1) / count[:, None, None]
-        return self.norm(h + self.node(torch.cat([h, agg], dim=-1)))
+        if h.device.type != "cpu":  # all pairs at once (no Python loop: torch.compile keeps one graph for all shapes)
+            agg = self.summed_messages(src, dst, edge, weight)
+        else:
+            batch, atoms, _ = h.shape
+            rows = max(1, CPU_EDGE_PAIRS // max(1, batch * atoms))
+            agg = torch.cat([self.summed_messages(src[:, i : i + rows], dst, edge[:, i : i + rows], weight)
+                             for i in range(0, atoms, rows)], 1)
+        return self.norm(h + self.node(torch.cat([h, agg / count[:, None, None]], dim=-1)))
+
+    def summed_messages(self, src: torch.Tensor, dst: torch.Tensor, edge: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        """Sum over every atom j (masked: real atoms only) of the messages to the atoms i of `src` and `edge` rows."""
+        m = self.feat(edge) + src[:, :, None, :] + dst[:, None, :, :]
+        return (F.silu(self.edge_out(F.silu(m))) * weight).sum(2)
 
 
 class Denoiser(nn.Module):
