@@ -89,9 +89,9 @@ def main() -> int:
     arms = {"start": _head(start / "rep50" / "uncond" / "samples.jsonl", work / "start" / "refined.jsonl", args.n),
             "final": _head(final / "rep50" / "uncond" / "samples.jsonl", work / "final" / "refined.jsonl", args.n)}
     scorer = Scorer(ScoreOptions(relax_steps=args.relax_steps, engine="batched", device="cpu", novelty_reference=args.train))
-    result = {"date": time.strftime("%Y-%m-%d"), "start": str(start), "adapter": args.adapter, "n": args.n,
-              "relax_steps": args.relax_steps, "energy_n": args.energy_n or args.n, "arms": {}}
     energy_n = min(args.n, args.energy_n or args.n)
+    result = {"date": time.strftime("%Y-%m-%d"), "start": str(start), "adapter": args.adapter, "n": args.n,
+              "relax_steps": args.relax_steps, "energy_n": energy_n, "arms": {}}
     for name, refined in arms.items():
         t = time.perf_counter()
         subsample = _head(refined, work / name / f"refined_first{energy_n}.jsonl", energy_n) if energy_n < args.n else refined
