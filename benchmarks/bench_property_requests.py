@@ -1,16 +1,16 @@
 """Do property requests land on target? The embedded default asked for band gaps and formation energies (issue 29).
 
-    python benchmarks/bench_property_requests.py run --work runs/props --reference heldout/mp20-heldout-v1-reference.csv.xz
+    python benchmarks/bench_property_requests.py run --work runs/props --reference heldout/mp20-heldout-v1-reference.csv.xz \
+        --train .devdata/ref/train_bulk.csv.gz --train-meta .devdata/ref/train_meta_mp20.csv.gz --per-request 100
     python benchmarks/bench_property_requests.py report --work runs/props --out benchmarks/results/property_requests.json
 
-`run` (resumable) makes one `xtallm generate` run over benchmarks/property_requests.csv: band gap 0, 1, 2, 3, 5 eV,
-formation energy -3, -2, -1, 0 eV/atom, and two two-condition prompts, each `dim=3`, grammar-constrained, the
-pipeline's refinement, `--screen DRAWS` with --per-request samples per row. So each row gets DRAWS x per-request
-refined draws (DIR/draws: the model as it is, arm a) and per-request screened samples (DIR/samples.jsonl: best of
-DRAWS by the predictor, arm b): the same draws, so the screen's gain is measured on exactly the crystals it chose
-from. Then `xtallm evaluate` scores each prompt family (band gap, formation energy, each two-condition prompt) of
-each arm: MAE against the request and against the requests shuffled within the family, share within tolerance,
-validity, and what the structure decides (sg, elements).
+`run` (resumable) makes two `xtallm generate` runs over benchmarks/property_requests.csv (band gap 0, 1, 2, 3, 5 eV,
+formation energy -3, -2, -1, 0 eV/atom, and two two-condition prompts; each `dim=3`, grammar-constrained, refined,
+--per-request samples a row): arm `drawn` with `--screen 0` (the model as it draws: one draw a sample) and arm
+`screened` with what a property request does by default (or `--screen N` with --draws). The sampling and
+refinement seconds of each are recorded. Then `xtallm evaluate` scores each prompt family (band gap, formation
+energy, each two-condition prompt) of each arm: MAE against the request and against the requests shuffled within
+the family, share within tolerance, validity, novelty (with --train), and what the structure decides (sg, elements).
 
 `report` prints the tables and writes the JSON.
 """
@@ -53,59 +53,67 @@ def _subset(src: Path, prompts: list[int], dst: Path) -> None:
                 g.write(line)
 
 
+ARMS = {"drawn": ["--screen", "0"], "screened": []}  # screened: the default of a property request unless --draws
+
+
 def run(args) -> None:
     work = Path(args.work)
-    started = time.perf_counter()
     adapter = ["--adapter", args.adapter] if args.adapter else []
-    subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", "generate", "--conditions-file", str(PROMPTS), "--num-samples",
-                    str(args.per_request), "--screen", str(args.draws), *adapter, "--out", str(work / "gen")], check=True)
-    (work / "generate_seconds.txt").write_text(f"{time.perf_counter() - started:.0f}\n")
+    for arm, flags in ARMS.items():
+        if arm == "screened" and args.draws:
+            flags = ["--screen", str(args.draws)]
+        started = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", "generate", "--conditions-file", str(PROMPTS), "--num-samples",
+                        str(args.per_request), *flags, *adapter, "--out", str(work / arm)], check=True)
+        (work / f"{arm}_seconds.txt").write_text(f"{time.perf_counter() - started:.0f}\n")
     evaluate(args)
 
 
-def _present(path: Path) -> set[int]:
-    with open(path) as f:
-        return {int(json.loads(line)["id"].rpartition("-")[0].lstrip("p")) for line in f}
-
-
 def evaluate(args) -> None:
-    """Each prompt family of each arm through `xtallm evaluate` (a family whose draws are not all there is skipped)."""
+    """Each prompt family of each arm through `xtallm evaluate` (an arm whose run has not finished is skipped)."""
     work = Path(args.work)
     prompts = pd.read_csv(PROMPTS, dtype=str, keep_default_na=False)
-    present = _present(work / "gen" / "draws" / "samples.jsonl")
-    for arm, src in (("drawn", work / "gen" / "draws" / "samples.jsonl"), ("screened", work / "gen" / "samples.jsonl")):
+    novelty = [f for path in args.train or [] for f in ("--train", path)] + [f for path in args.train_meta or [] for f in ("--train-meta", path)]
+    for arm in ARMS:
+        src = work / arm / "samples.jsonl"
+        if not (work / arm / "summary.json").exists():
+            print(f"{arm}: its generate run has not finished; skipped", flush=True)
+            continue
         for name, rows in families(prompts).items():
-            if not set(rows) <= present:
-                print(f"{name}: not all its draws are refined; skipped", flush=True)
-                continue
             out = work / "eval" / arm / _folder(name)
             if (out / "metrics.json").exists():
                 continue
             out.mkdir(parents=True, exist_ok=True)
             _subset(src, rows, out / "samples.jsonl")
             subprocess.run([sys.executable, "-m", "xtallm.pipelines.cli", "evaluate", str(out / "samples.jsonl"), "--reference",
-                            args.reference, "--no-coverage", "--num-proc", str(args.num_proc), "--out", str(out)], check=True)
+                            args.reference, *novelty, "--no-coverage", "--num-proc", str(args.num_proc), "--out", str(out)], check=True)
 
 
 def report(args) -> None:
     work = Path(args.work)
     prompts = pd.read_csv(PROMPTS, dtype=str, keep_default_na=False)
-    summary = json.loads((work / "gen" / "summary.json").read_text())
-    result = {"date": time.strftime("%Y-%m-%d"), "prompts": str(PROMPTS.relative_to(ROOT)), "generate": summary, "families": {}}
+    result = {"date": time.strftime("%Y-%m-%d"), "prompts": str(PROMPTS.relative_to(ROOT)), "families": {},
+              "generate": {arm: {**json.loads((work / arm / "summary.json").read_text()),
+                                 "wall_seconds": float((work / f"{arm}_seconds.txt").read_text())} for arm in ARMS}}
+    for arm, g in result["generate"].items():
+        print(f"{arm}: {g['samples']} samples from {g['draws']} draws in {g['wall_seconds']:.0f} s "
+              f"({g['wall_seconds'] / g['samples']:.2f} s a sample)")
     for name in families(prompts):
-        if not (work / "eval" / "drawn" / _folder(name) / "metrics.json").exists():
+        if not all((work / "eval" / arm / _folder(name) / "metrics.json").exists() for arm in ARMS):
             continue
         entry = {}
         for arm in ("drawn", "screened"):
             m = json.loads((work / "eval" / arm / _folder(name) / "metrics.json").read_text())
             entry[arm] = {"n_samples": m["n_samples"], "validity": m["validity"], "struct_validity": m["struct_validity"],
+                          "novelty": m.get("novelty"), "uniqueness": m.get("uniqueness"),
                           "property_requests": m.get("property_requests"), "conditional_accuracy": m.get("conditional_accuracy")}
         result["families"][name] = entry
         for arm, e in entry.items():
             for key, r in (e["property_requests"] or {}).items():
                 per = ", ".join(f"{v}: {b['mae']:.2f} (mean {b['mean_achieved']:.2f})" for v, b in r["by_request"].items())
                 print(f"{name:32s} {arm:9s} {key}: MAE {r['mae']:.3f} vs shuffled {r['shuffled_mae']:.3f}, within "
-                      f"{r['within_tolerance']:.2f}, n {r['n_scored']}/{e['n_samples']}, validity {e['validity']:.2f} | {per}")
+                      f"{r['within_tolerance']:.2f}, n {r['n_scored']}/{e['n_samples']}, validity {e['validity']:.2f}, "
+                      f"novelty {e['novelty'] if e['novelty'] is None else round(e['novelty'], 3)} | {per}")
             for key, acc in (e["conditional_accuracy"] or {}).items():
                 if key in ("sg", "elements"):
                     print(f"{name:32s} {arm:9s} {key} honoured {acc['rate']:.2f} of {acc['n']} parsed")
@@ -118,14 +126,18 @@ def main() -> int:
     r = sub.add_parser("run")
     r.add_argument("--work", required=True)
     r.add_argument("--reference", required=True, help="held-out reference table (xtallm data reference)")
-    r.add_argument("--per-request", type=int, default=25, help="screened samples per prompt row")
-    r.add_argument("--draws", type=int, default=4, help="draws per screened sample")
+    r.add_argument("--per-request", type=int, default=100, help="samples per prompt row")
+    r.add_argument("--draws", type=int, default=None, help="--screen N for the screened arm (default: a property request's default)")
     r.add_argument("--num-proc", type=int, default=1)
+    r.add_argument("--train", action="append", help="training crystals for novelty (repeatable)")
+    r.add_argument("--train-meta", action="append", help="training crystals without positions for novelty (repeatable)")
     r.add_argument("--adapter", default=None, help="a LoRA adapter of the default model (e.g. `xtallm improve`'s, property reward)")
     e = sub.add_parser("evaluate", help="only the evaluations (DIR/gen from a run, or screened from part of its draws)")
     e.add_argument("--work", required=True)
     e.add_argument("--reference", required=True)
     e.add_argument("--num-proc", type=int, default=1)
+    e.add_argument("--train", action="append")
+    e.add_argument("--train-meta", action="append")
     w = sub.add_parser("report")
     w.add_argument("--work", required=True)
     w.add_argument("--out", required=True)

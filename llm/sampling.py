@@ -32,6 +32,7 @@ class Request:
     # Two-phase decoding: `grammar` covers the group line alone, and this gives the grammar of
     # the rest from that line (see `generate` and llm.grammar.two_phase).
     grammar_after_group: Callable[[str], str] | None = None
+    hint: dict[str, Any] | None = None  # conditions in prompt_ids beyond `conditions` (a hint, not enforced by the grammar)
 
 
 @dataclass

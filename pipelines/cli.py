@@ -146,7 +146,7 @@ def _generate(args: argparse.Namespace) -> int:
     extra = f", {refined['refined']} refined (group kept {refined['group_kept_rate']:.3f})" if refined and refined["group_kept_rate"] is not None else ""
     if refined and refined.get("screen"):
         sc = refined["screen"]
-        extra = (f", {sc['draws']} draws refined, {sc['valid_draws']} valid; kept the closest valid draw for "
+        extra = (f", {sc['draws']} draws, the closest {sc['refined_draws']} refined, {sc['valid_draws']} valid; kept the closest valid draw for "
                  f"{sc['samples_with_a_valid_draw']} of {sc['samples']} samples ({sc['valid']} valid)")
     elif refined:
         redraws = refined.get("redraws")

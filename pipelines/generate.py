@@ -11,10 +11,13 @@ are resumable on their own: DIR/llm/samples.jsonl (the sampler's), then DIR/samp
 DIR/cif/ (the refiner's, same ids, input kept in `raw_cif`). A re-run with the same arguments
 only does what is missing. Without refinement the sampler's rows are copied as they are.
 
-`--screen N` (a property request: band_gap, formation_energy, density, hhi, n_atoms) draws N crystals per sample,
-refines them all (DIR/draws/), and keeps for each sample the valid draw whose predicted properties
-(pipelines/evaluation/properties.py) are closest to the request; a sample with no valid draw keeps its first.
-Every kept row says `draws` and, in `screen`, what the predictor gave; summary.json counts the draws.
+`--screen N` (a property request: band_gap, formation_energy, density, hhi, n_atoms) draws N crystals per sample
+(DIR/llm/), predicts the requested properties of every unrefined draw (pipelines/evaluation/properties.py), refines
+the `screen.refine_best` closest of each sample (DIR/draws/), and keeps the valid refined draw whose predictions are
+closest to the request; a sample with no valid draw keeps its closest. With `screen.hints`, that share of the
+draws writes in its prompt the elements of a training crystal that has the requested band gap or formation energy
+(pipelines/property_hints.py): the model follows the hint often, the screen keeps what lands. Every kept row says
+`draws` and, in `screen`, what the predictor gave; summary.json counts the draws.
 """
 
 from __future__ import annotations
@@ -46,7 +49,7 @@ class RefineStage(RefineSettings):
     vacuum: float | None = option(None, "Å of vacuum in monolayer cells (default: the sample stage's)")
 
 
-AUTO_SCREEN_DRAWS = 8  # a property request's default: best of 8 (band gap MAE 1.82 -> 0.83 eV, docs/benchmarks.md, issue 29)
+AUTO_SCREEN_DRAWS = 16  # a property request's default (docs/benchmarks.md, issue 29, "Hinted draws")
 
 
 @dataclass
@@ -55,6 +58,18 @@ class ScreenStage:
                                      "to the property request (band_gap, formation_energy, density, hhi, n_atoms); 0 or 1: off "
                                      f"(default: {AUTO_SCREEN_DRAWS} when every prompt requests such a property and its "
                                      "predictor is installed, else off)", metavar="N")
+    refine_best: int = option(3, "refine only the K draws of a sample whose unrefined crystals the predictor puts closest "
+                                 "to the request (the predictions before and after refinement agree closely), then keep "
+                                 "the closest valid one", metavar="K")
+    hints: float = option(0.75, "share of the draws whose prompt names the elements of a training crystal with the "
+                                "requested band gap or formation energy (a hint, not a constraint; bulk prompts without "
+                                "elements= or formula=; 0: none)", metavar="SHARE")
+
+    def check(self) -> None:
+        if self.refine_best < 1:
+            raise ValueError(f"screen.refine_best must be >= 1, got {self.refine_best}")
+        if not 0 <= self.hints <= 1:
+            raise ValueError(f"screen.hints must be in [0, 1], got {self.hints}")
 
 
 @dataclass
@@ -100,8 +115,21 @@ def run_generate(
         draws = AUTO_SCREEN_DRAWS if auto_screen(config, conditions, conditions_file) else 0
     elif draws > 1:
         check_screen(config, conditions, conditions_file)
+    config.screen.check()
+    if draws > 1 or s.model is None:  # the predictor or the default model judges the request: within what they know
+        from xtallm.llm.prompts import read_conditions_file
+
+        from .property_hints import check_trained_range
+
+        for c in read_conditions_file(conditions_file) if conditions_file else [conditions or {}]:
+            check_trained_range(c)
+    hint = None
+    if draws > 1 and config.screen.hints > 0:
+        from .property_hints import ElementHints
+
+        hint = ElementHints(config.screen.hints)
     started = time.perf_counter()
-    sampled = run_sample(SampleJob(str(out / "llm"), num_samples * max(draws, 1), conditions or {}, conditions_file, s))
+    sampled = run_sample(SampleJob(str(out / "llm"), num_samples * max(draws, 1), conditions or {}, conditions_file, s, hint=hint))
     sample_seconds = time.perf_counter() - started
     r = config.refine
     refined = None
@@ -110,7 +138,8 @@ def run_generate(
     settings.update(seed=s.seed if r.seed is None else r.seed, vacuum=s.vacuum if r.vacuum is None else r.vacuum,
                     ray=config.ray.address)
     if draws > 1:
-        refined = run_refine(RefineJob(str(out / "llm" / "samples.jsonl"), str(out / "draws"), RefineSettings(**{**settings, "relax": False})))
+        shortlist = shortlist_draws(out, draws, config.screen.refine_best)
+        refined = run_refine(RefineJob(str(shortlist), str(out / "draws"), RefineSettings(**{**settings, "relax": False})))
         refined["screen"] = screen_draws(out, draws, write_cifs=r.write_cifs)
         if r.relax:
             from .relax_stage import run_relax_stage
@@ -222,19 +251,45 @@ def auto_screen(config: GenerateConfig, conditions: dict[str, Any] | None, condi
     return True
 
 
+def _sample_of(row_id: str, draws: int) -> str:
+    """The sample a draw belongs to: draw `p{p}-{k}` -> `p{p}-{k // draws}`."""
+    prompt, _, k = row_id.rpartition("-")
+    return f"{prompt}-{int(k) // draws}"
+
+
+def shortlist_draws(out: Path, draws: int, best: int) -> Path:
+    """DIR/draws/shortlist.jsonl: per sample, the `best` draws (of DIR/llm/samples.jsonl) whose unrefined crystals the
+    predictor puts closest to the request, in draw order; a sample none of whose draws could be predicted keeps its
+    first. Written whole on every run (the same draws give the same list, so refinement resumes on it)."""
+    from .evaluation import properties as P
+    from .samples import read_samples
+
+    rows = list(read_samples(out / "llm" / "samples.jsonl"))
+    predicted = P.predict_requested(rows, unrefined=True)
+    groups: dict[str, list[tuple[float, int]]] = {}
+    for i, (row, values) in enumerate(zip(rows, predicted)):
+        distance = P.request_distance(values, row.conditions) if values else float("inf")
+        groups.setdefault(_sample_of(row.id, draws), []).append((distance, i))
+    keep = sorted(i for group in groups.values() for _, i in sorted(group)[:best])
+    path = out / "draws" / "shortlist.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _replace_samples(path, [replace(rows[i], extra={**rows[i].extra, "unrefined_predicted": predicted[i]}) for i in keep])
+    return path
+
+
 def screen_draws(out: Path, draws: int, write_cifs: bool = True) -> dict[str, Any]:
-    """DIR/samples.jsonl (+ cif/) from DIR/draws/: per sample (draws `p{p}-{k}`, k // draws = the sample), the valid
-    draw closest to its request (sum over the requested properties of |predicted - requested| / the predictor's
-    tolerance); a sample with no valid draw keeps its first. Rewritten from the draws on every run."""
+    """DIR/samples.jsonl (+ cif/) from the refined shortlist in DIR/draws/: per sample, the valid draw closest to its
+    request (sum over the requested properties of |predicted - requested| / the predictor's tolerance); a sample with
+    no valid draw keeps its first shortlisted one. Rewritten from the draws on every run."""
     from .evaluation import properties as P
     from .refine import write_sample_files
     from .samples import read_samples
 
-    rows = list(read_samples(out / "draws" / "samples.jsonl"))
+    listed = {row.id for row in read_samples(out / "draws" / "shortlist.jsonl")}
+    rows = [row for row in read_samples(out / "draws" / "samples.jsonl") if row.id in listed]
     groups: dict[str, list] = {}
     for row in rows:
-        prompt, _, k = row.id.rpartition("-")
-        groups.setdefault(f"{prompt}-{int(k) // draws}", []).append(row)
+        groups.setdefault(_sample_of(row.id, draws), []).append(row)
     predicted = {row.id: values for row, values in zip(rows, P.predict_requested(rows))}
 
     def distance(row) -> float:
@@ -245,14 +300,16 @@ def screen_draws(out: Path, draws: int, write_cifs: bool = True) -> dict[str, An
         valid = [row for row in group if row.valid and predicted[row.id] and distance(row) < float("inf")]
         n_valid_draws += len(valid)
         best = min(valid, key=distance) if valid else group[0]
-        kept.append(replace(best, id=sid, draws=len(group), extra={**best.extra, "screen": {
-            "draw": best.id, "predicted": predicted[best.id], "valid_draws": len(valid)}}))
+        kept.append(replace(best, id=sid, draws=draws, extra={**best.extra, "screen": {
+            "draw": best.id, "predicted": predicted[best.id], "refined_draws": len(group), "valid_draws": len(valid)}}))
     _replace_samples(out / "samples.jsonl", kept)
     if write_cifs:
         (out / "cif").mkdir(parents=True, exist_ok=True)
         write_sample_files(kept, out / "cif")
-    return {"draws": len(rows), "draws_per_sample": draws, "samples": len(kept), "valid_draws": n_valid_draws,
-            "valid": sum(bool(r.valid) for r in kept), "samples_with_a_valid_draw": sum(r.extra["screen"]["valid_draws"] > 0 for r in kept)}
+    return {"draws": len(groups) * draws, "draws_per_sample": draws, "refined_draws": len(rows), "samples": len(kept),
+            "valid_draws": n_valid_draws, "valid": sum(bool(r.valid) for r in kept),
+            "samples_with_a_valid_draw": sum(r.extra["screen"]["valid_draws"] > 0 for r in kept),
+            "hinted_draws_kept": sum(bool(r.extra.get("hint")) for r in kept)}
 
 
 __all__ = ["GenerateConfig", "RefineStage", "ScreenStage", "load_generate_config", "run_generate"]

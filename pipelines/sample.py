@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 from tqdm.auto import tqdm
 
@@ -69,6 +69,9 @@ class SampleJob:
     conditions_file: str | None = None
     options: SampleOptions = field(default_factory=SampleOptions)
     condition_sets: list[dict[str, Any]] | None = None  # prompts given in code (e.g. redraws), instead of a file
+    # conditions added to one draw's prompt text only (a hint the model reads, not a constraint the grammar enforces):
+    # hint(conditions, seed) -> extra conditions or None; the row keeps its prompt's conditions and records the hint
+    hint: Callable[[dict[str, Any], int], dict[str, Any] | None] | None = None
 
 
 def model_info(model: str, adapter: str | None) -> dict[str, Any]:
@@ -101,7 +104,10 @@ def build_requests(job: SampleJob, model: str, adapter: str | None, tokenizer, i
             grammar, after_group = constraint_grammars(conditions, info.get("dims"), o.max_atoms)
         for k in range(job.num_samples):
             seed = o.seed * 1_000_003 + p * 100_003 + k
-            requests.append(Request(f"p{p}-{k}", conditions, ids, seed=seed, grammar=grammar, grammar_after_group=after_group))
+            hint = job.hint(conditions, seed) if job.hint else None
+            hinted = prompt_ids(tokenizer, {**conditions, **hint}) if hint else ids
+            requests.append(Request(f"p{p}-{k}", conditions, hinted, seed=seed, grammar=grammar, grammar_after_group=after_group,
+                                    hint=hint))
     return requests
 
 
@@ -200,6 +206,8 @@ def _sample(o: SampleOptions, fmt: str, tokenizer, request: Request, output: Out
     sample = decode_sample(request.id, output.text, fmt, o.vacuum) if error is None else Sample(request.id, text=output.text, error=error)
     sample.prompt = tokenizer.decode(request.prompt_ids, skip_special_tokens=True)
     sample.conditions = request.conditions
+    if request.hint:
+        sample.extra["hint"] = request.hint
     sample.n_tokens, sample.model, sample.adapter, sample.constrained, sample.draws = output.n_tokens, model, adapter, o.constrained, draw
     return sample
 

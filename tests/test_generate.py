@@ -78,36 +78,44 @@ def test_redraw_invalid_replaces_invalid_rows_and_keeps_the_first_draws(tmp_path
         assert a == b or (not a.get("valid") and b["valid"] and b["redraw_round"] in (1, 2) and b["draws"] > 1)
 
 
-def test_screen_keeps_the_valid_draw_closest_to_the_requested_band_gap(tmp_path):
-    """--screen N (issue 29): N draws per sample, all refined (draws/), and each kept row is the valid draw whose
-    CGCNN band gap is closest to the request; ids, draw counts and the predictions are recorded."""
+def test_screen_refines_the_closest_draws_and_keeps_the_closest_valid_one(tmp_path):
+    """--screen N (issue 29): N draws per sample (llm/), the K whose unrefined crystals CGCNN puts closest to the
+    requested band gap refined (draws/), and each kept row is the valid refined draw closest to the request; hinted
+    draws keep the prompt's conditions and record the hint; ids, draw counts and the predictions are recorded."""
     from xtallm.pipelines.evaluation.properties import band_gap
 
     out = tmp_path / "gen"
-    args = ["generate", "--num-samples", "2", "--screen", "3", "--out", str(out), "--backend", "hf", "--unconstrained",
-            "--condition", "dim=3", "--condition", "band_gap=2", "--refine-steps", "10", "--set", "sample.max_tokens=384"]
+    args = ["generate", "--num-samples", "2", "--screen", "4", "--out", str(out), "--backend", "hf", "--unconstrained",
+            "--condition", "dim=3", "--condition", "band_gap=2", "--refine-steps", "10", "--set", "sample.max_tokens=384",
+            "--set", "screen.refine_best=2", "--set", "screen.hints=0.5"]
     assert main(args) == 0
-    draws = list(read_samples(out / "draws" / "samples.jsonl"))
-    kept = list(read_samples(out / "samples.jsonl"))
-    assert len(draws) == 6 and [r["id"] for r in kept] == ["p0-0", "p0-1"]
     from xtallm.pipelines.samples import read_samples as read_rows
 
-    rows = {r.id: r for r in read_rows(out / "draws" / "samples.jsonl")}
+    raw = {r.id: r for r in read_rows(out / "llm" / "samples.jsonl")}
+    refined = {r.id: r for r in read_rows(out / "draws" / "samples.jsonl")}
+    kept = list(read_samples(out / "samples.jsonl"))
+    assert len(raw) == 8 and len(refined) == 4 and [r["id"] for r in kept] == ["p0-0", "p0-1"]
+    assert all(r.conditions == {"dim": 3, "band_gap": 2.0} for r in raw.values())
+    assert any(r.extra.get("hint") for r in raw.values()) and not all(r.extra.get("hint") for r in raw.values())
     for j, row in enumerate(kept):
-        assert row["draws"] == 3
-        group = [rows[f"p0-{k}"] for k in range(3 * j, 3 * j + 3)]
-        valid = [r for r in group if r.valid]
+        assert row["draws"] == 4 and row["screen"]["refined_draws"] == 2
+        group = [raw[f"p0-{k}"] for k in range(4 * j, 4 * j + 4)]
+        before = band_gap([r.structure() for r in group], [3] * 4)
+        order = sorted(range(4), key=lambda i: (abs(before[i] - 2.0) if before[i] is not None else float("inf"), i))
+        listed = sorted(group[i].id for i in order[:2])
+        assert sorted(i for i in refined if i in {r.id for r in group}) == listed
+        valid = [refined[i] for i in listed if refined[i].valid]
         assert row["screen"]["valid_draws"] == len(valid)
-        if not valid:  # no valid draw: the first one is kept, and says so
-            assert row["screen"]["draw"] == group[0].id and not row["valid"]
+        if not valid:  # no valid draw: the first shortlisted one is kept, and says so
+            assert row["screen"]["draw"] == listed[0] and not row["valid"]
             continue
         gaps = band_gap([r.structure() for r in valid], [3] * len(valid))
         best = min(zip(gaps, valid), key=lambda gv: abs(gv[0] - 2.0))[1]
-        assert row["screen"]["draw"] == best.id and row["valid"]
+        assert row["screen"]["draw"] == best.id and row["valid"] and row.get("hint") == best.extra.get("hint")
         assert abs(abs(row["screen"]["predicted"]["band_gap"] - 2.0) - min(abs(g - 2.0) for g in gaps)) < 1e-4
         assert (out / "cif" / f"{row['id']}.cif").read_text() == best.cif
     assert any(r["screen"]["valid_draws"] for r in kept)  # the closest-draw branch above ran
-    assert json.loads((out / "summary.json").read_text())["draws"] == 6
+    assert json.loads((out / "summary.json").read_text())["draws"] == 8
 
 
 def test_screen_refuses_a_prompt_without_a_property_in_one_line(tmp_path, capsys):

@@ -229,12 +229,13 @@ def predictor(key: str) -> Predictor:
     return PREDICTORS[key]
 
 
-def predict_requested(samples: Sequence[Any]) -> list[dict[str, float | None]]:
+def predict_requested(samples: Sequence[Any], unrefined: bool = False) -> list[dict[str, float | None]]:
     """Per sample (a `Sample`: its `conditions`, `valid`, `structure()`), the predictions of the properties its prompt
-    requests and a predictor scores; {} for an invalid sample or one that requests none. One predictor call per property."""
+    requests and a predictor scores; {} for an invalid sample or one that requests none. One predictor call per property.
+    `unrefined`: every parsed sample is predicted (a draw before refinement has no validity yet)."""
     predicted: list[dict[str, float | None]] = [{} for _ in samples]
     for key in sorted({k for s in samples for k in s.conditions if k in PREDICTORS}):
-        which = [i for i, s in enumerate(samples) if key in s.conditions and s.valid]
+        which = [i for i, s in enumerate(samples) if key in s.conditions and (s.ok if unrefined else s.valid)]
         values = predictor(key).predict([samples[i].structure() for i in which], [samples[i].dim or 3 for i in which])
         for i, value in zip(which, values):
             predicted[i][key] = value
