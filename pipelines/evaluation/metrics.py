@@ -149,28 +149,49 @@ class LatticeIndex:
     """
 
     def __init__(self, table: "pd.DataFrame", ltol: float = 0.3, angle_tol: float = 10.0):
-        from pymatgen.core import Lattice
-
         self.ltol, self.angle_tol = ltol, angle_tol
-        self.by_key: dict[tuple[str, int], list[np.ndarray]] = {}
+        # cell parameters per (reduced formula, formula units); Niggli-reduced only for the keys a sample asks about
+        self._cells: dict[tuple[str, int], list[tuple[float, ...]]] = {}
+        self._reduced: dict[tuple[str, int], np.ndarray] = {}
         for row in table.itertuples(index=False):
             # `species` (one symbol per atom) gives the cell's composition; `formula` may be reduced
             species = getattr(row, "species", None)
             comp = Composition(Counter(str(species).split())) if isinstance(species, str) else Composition(row.formula)
             reduced, factor = comp.get_reduced_composition_and_factor()
-            lattice = Lattice.from_parameters(row.a, row.b, row.c, row.alpha, row.beta, row.gamma)
             key = (reduced.reduced_formula, int(round(factor)))
-            self.by_key.setdefault(key, []).append(_niggli_parameters(lattice))
+            self._cells.setdefault(key, []).append((row.a, row.b, row.c, row.alpha, row.beta, row.gamma))
 
     def __len__(self) -> int:
-        return sum(len(v) for v in self.by_key.values())
+        return sum(len(v) for v in self._cells.values())
+
+    @property
+    def formulas(self) -> set[str]:
+        return {formula for formula, _ in self._cells}
+
+    def subset(self, formula: str) -> "LatticeIndex":
+        """The known cells of one reduced formula (a formula bucket's unit of work, cheap to send to a worker)."""
+        part = LatticeIndex.__new__(LatticeIndex)
+        part.ltol, part.angle_tol = self.ltol, self.angle_tol
+        part._cells = {key: cells for key, cells in self._cells.items() if key[0] == formula}
+        part._reduced = {}
+        return part
+
+    def niggli_cells(self, key: tuple[str, int]) -> np.ndarray:
+        """(n, 6) Niggli-reduced cell parameters of the known crystals with this key, computed on first use."""
+        from pymatgen.core import Lattice
+
+        if key not in self._reduced:
+            cells = self._cells.get(key, [])
+            self._reduced[key] = np.array([_niggli_parameters(Lattice.from_parameters(*c)) for c in cells]).reshape(-1, 6)
+        return self._reduced[key]
 
     def contains(self, structure: Structure) -> bool:
         primitive = structure.get_primitive_structure()
         reduced, factor = primitive.composition.get_reduced_composition_and_factor()
-        candidates = self.by_key.get((reduced.reduced_formula, int(round(factor))), [])
-        if not candidates:
+        key = (reduced.reduced_formula, int(round(factor)))
+        if key not in self._cells:
             return False
+        candidates = self.niggli_cells(key)
         mine = _niggli_parameters(primitive.lattice)
         for ref in candidates:
             lengths_ok = np.all(np.abs(mine[:3] / ref[:3] - 1) <= self.ltol)
@@ -186,31 +207,29 @@ def _niggli_parameters(lattice) -> np.ndarray:
 
 def novelty_flags(structures: Sequence[Structure | None], reference: ReferenceIndex, lattices: LatticeIndex | None = None,
                   workers: "Workers | int | None" = None) -> list[bool]:
-    """True for a parsed sample that matches no reference structure (nor cell); False for unparseable ones."""
-    known = known_flags(structures, reference, workers)
-    return [s is not None and not k and not (lattices is not None and lattices.contains(s)) for s, k in zip(structures, known)]
-
-
-def known_flags(structures: Sequence[Structure | None], reference: ReferenceIndex, workers: "Workers | int | None" = None) -> list[bool]:
-    """Whether each parsed structure matches a reference structure; one unit of work per formula bucket."""
+    """True for a parsed sample that matches no reference structure (nor cell); False for unparseable ones.
+    One unit of work per formula bucket: the bucket's samples against its references and known cells."""
+    cell_formulas = lattices.formulas if lattices is not None else set()
     by_formula: dict[str, list[int]] = {}
     for i, s in enumerate(structures):
-        if s is not None and (formula := s.composition.reduced_formula) in reference.by_formula:
+        if s is not None and ((formula := s.composition.reduced_formula) in reference.by_formula or formula in cell_formulas):
             by_formula.setdefault(formula, []).append(i)
-    buckets = sorted(by_formula.items(), key=lambda item: len(item[1]) * len(reference.by_formula[item[0]]), reverse=True)
-    jobs = [([structures[i] for i in indices], reference.by_formula[formula]) for formula, indices in buckets]
-    flags = [False] * len(structures)
+    buckets = sorted(by_formula.items(), key=lambda item: len(item[1]) * (1 + len(reference.by_formula.get(item[0], []))),
+                     reverse=True)
+    jobs = [([structures[i] for i in indices], reference.by_formula.get(formula, []),
+             lattices.subset(formula) if formula in cell_formulas else None) for formula, indices in buckets]
+    known = [False] * len(structures)
     for (_, indices), found in zip(buckets, map_ordered(known_in_bucket, jobs, as_workers(workers), "novelty", chunksize=4)):
         for i, k in zip(indices, found):
-            flags[i] = k
-    return flags
+            known[i] = k
+    return [s is not None and not k for s, k in zip(structures, known)]
 
 
-def known_in_bucket(job: tuple[list[Structure], list[Structure]]) -> list[bool]:
-    """(samples, references) of one formula: which samples match a reference."""
-    samples, references = job
+def known_in_bucket(job: tuple[list[Structure], list[Structure], LatticeIndex | None]) -> list[bool]:
+    """(samples, references, known cells) of one formula: which samples match a reference structure or cell."""
+    samples, references, cells = job
     index = ReferenceIndex(references)
-    return [index.contains(s) for s in samples]
+    return [index.contains(s) or (cells is not None and cells.contains(s)) for s in samples]
 
 
 def distribution_jsd(samples: Iterable, reference: Iterable, support: Iterable | None = None) -> float:
