@@ -257,3 +257,35 @@ def test_summary_never_contradicts_the_metrics(tmp_path):
     assert "`formation_energy` requested vs achieved: MAE (eV/atom) | 0.8333 (of 3 relaxed" in summary
     assert "`band_gap` requested vs achieved: MAE (eV)" in summary and "held-out MAE" in summary
     assert "not evaluated" not in summary and "mag_density: no predictor" in summary
+
+
+def test_a_tables_parsed_crystals_are_cached_and_read_back_the_same(tmp_path, monkeypatch):
+    """Issue 30: a training table is parsed once; the cache holds plain arrays, and a table with a disordered site
+    is parsed every time instead."""
+    from xtallm.pipelines.evaluation import context
+
+    df = read_shared("mp20/val.csv.xz", n=40, seed=3)
+    table = tmp_path / "train.csv"
+    df.to_csv(table, index=False)
+    cifs = df.cif.tolist() + ["not a cif"]
+    first = context.read_structures(table, "cif", cifs, 1)
+
+    def no_parsing(*args, **kwargs):
+        raise AssertionError("parsed again")
+
+    monkeypatch.setattr(context, "parse_many", no_parsing)
+    again = context.read_structures(table, "cif", cifs, 1)
+    assert first[-1] is None and again[-1] is None and len(again) == len(first) == 41
+    for a, b in zip(first[:-1], again[:-1]):
+        assert a.composition == b.composition and [str(x) for x in a.species] == [str(x) for x in b.species]
+        assert np.allclose(a.lattice.matrix, b.lattice.matrix) and np.allclose(a.frac_coords, b.frac_coords)
+    monkeypatch.undo()
+
+    disordered = Structure(Lattice.cubic(4.0), [{"Fe": 0.5, "Co": 0.5}], [[0, 0, 0]])
+    mixed = tmp_path / "mixed.csv"
+    mixed.write_text("cif\n")
+    calls = []
+    monkeypatch.setattr(context, "parse_many", lambda c, w, d: calls.append(1) or [disordered])
+    for _ in range(2):
+        assert context.read_structures(mixed, "cif", [str(CifWriter(disordered))], 1)[0] is disordered
+    assert len(calls) == 2

@@ -34,6 +34,40 @@ def parse_many(cifs: list[str | None], workers: Workers | int, desc: str) -> lis
 
 
 SYMMETRY_VERSION = "1"  # of the cached reference symmetry (groups and Wyckoff labels)
+STRUCTURES_VERSION = "1"  # of the cached parsed structures of a reference or training table
+
+
+def read_structures(path: Path, column: str, cifs: list[str | None], workers: Workers | int, use_cache: bool = True) -> list[Structure | None]:
+    """The parsed CIFs of a table, cached on disk beside the fingerprints (keyed by the file's content hash): a
+    training table of 32k crystals is parsed once, not on every evaluation. Plain arrays (lattices, atomic numbers,
+    fractional coordinates; no pickle); a table with a disordered or charged site is parsed every time."""
+    import numpy as np
+
+    from .coverage import cache_dir, file_hash
+
+    cache = cache_dir().parent / "structures" / f"{file_hash(path, f'{column}:structures{STRUCTURES_VERSION}')}.npz"
+    if use_cache and cache.exists():
+        try:
+            with np.load(cache, allow_pickle=False) as z:
+                sizes, lattices, numbers, coords = z["sizes"], z["lattices"], z["numbers"], z["coords"]
+            if len(sizes) == len(cifs):
+                ends = np.cumsum(np.clip(sizes, 0, None))
+                return [None if n < 0 else Structure(lattices[i], numbers[e - n : e].tolist(), coords[e - n : e])
+                        for i, (n, e) in enumerate(zip(sizes, ends))]
+        except (OSError, ValueError, KeyError):
+            pass  # unreadable or stale: parsed again below, and rewritten
+    parsed = parse_many(cifs, workers, f"reading {path.name}")
+    plain = all(s is None or (s.is_ordered and all(type(sp).__name__ == "Element" for sp in s.species)) for s in parsed)
+    if use_cache and plain:
+        kept = [s for s in parsed if s is not None]
+        cache.parent.mkdir(parents=True, exist_ok=True)
+        tmp = cache.with_name(cache.stem + ".partial.npz")
+        np.savez(tmp, sizes=np.array([-1 if s is None else len(s) for s in parsed], dtype=np.int64),
+                 lattices=np.array([s.lattice.matrix for s in parsed if s is not None] or np.zeros((0, 3, 3))).reshape(-1, 3, 3),
+                 numbers=np.array([z for s in kept for z in s.atomic_numbers], dtype=np.int64),
+                 coords=np.array([c for s in kept for c in s.frac_coords]).reshape(-1, 3))
+        os.replace(tmp, cache)
+    return parsed
 
 
 def symmetry_of(item: tuple[Structure | None, int]) -> tuple[GroupId | None, list[str]]:
@@ -94,7 +128,7 @@ class CrystalTable:
             layer = [True] * len(table)
         else:
             layer = (table["dim"] == 2).tolist() if "dim" in table else [False] * len(table)
-        parsed = parse_many([c if isinstance(c, str) else None for c in cifs], workers, f"reading {path.name}")
+        parsed = read_structures(path, column, [c if isinstance(c, str) else None for c in cifs], workers, use_cache)
         kept = [(s, c, is2d) for s, c, is2d in zip(parsed, cifs, layer) if s is not None]
         return cls(path, column, [s for s, _, _ in kept], [c for _, c, _ in kept], [k for _, _, k in kept], len(table),
                    as_workers(workers), use_cache)
@@ -203,7 +237,7 @@ class EvalContext:
         bulk_refs: list[Structure] = []
         layer_refs: list[Structure] = []
         for t in self.train:
-            table = CrystalTable.read(t, self.workers)
+            table = CrystalTable.read(t, self.workers, self.options.use_cache)
             layer_refs += [x for x in (as_layer(s) for s, is2d in zip(table.structures, table.is_layer) if is2d) if x is not None]
             bulk_refs += [s for s, is2d in zip(table.structures, table.is_layer) if not is2d]
         self.train_sizes = {"bulk": len(bulk_refs), "2d": len(layer_refs)}

@@ -46,7 +46,7 @@ class EvaluateOptions:
     device: str | None = option(None, "cpu, cuda (default: a GPU when present)")
     seed: int = option(0, "seed of the subsample")
     relaxed: str | None = option(None, "`xtallm relax` output (its folder or relaxed.jsonl) for these samples: read, not recomputed")
-    use_cache: bool = option(True, "cache reference fingerprints under $XTALLM_CACHE", flag=False)
+    use_cache: bool = option(True, "cache reference fingerprints, symmetry and parsed structures under $XTALLM_CACHE", flag=False)
     ray: str | None = option(None, RAY_HELP + " (per-sample work, formula buckets and relaxations as tasks)", metavar="ADDRESS")
 
     def check(self) -> None:
@@ -100,7 +100,7 @@ def evaluate(
     rows = load_samples(samples, report)
     workers = Workers(o.num_proc, o.ray)
     structures = parse_many([r.cif if r.ok else None for r in rows], workers, "reading samples")
-    ctx = EvalContext(rows, structures, CrystalTable.read(reference, workers), o, [str(t) for t in train or []],
+    ctx = EvalContext(rows, structures, CrystalTable.read(reference, workers, o.use_cache), o, [str(t) for t in train or []],
                       [str(t) for t in train_meta or []], stability=stability)
     result: dict[str, Any] = ctx.result
     result.update({k: None for k in METRIC_KEYS})
