@@ -105,6 +105,8 @@ def build_requests(job: SampleJob, model: str, adapter: str | None, tokenizer, i
         for k in range(job.num_samples):
             seed = o.seed * 1_000_003 + p * 100_003 + k
             hint = job.hint(conditions, seed) if job.hint else None
+            if hint and info.get("conditions") is not None and not set(hint) <= set(info["conditions"]):
+                hint = None  # a model never trained with the hint's conditions would not read it
             hinted = prompt_ids(tokenizer, {**conditions, **hint}) if hint else ids
             requests.append(Request(f"p{p}-{k}", conditions, hinted, seed=seed, grammar=grammar, grammar_after_group=after_group,
                                     hint=hint))

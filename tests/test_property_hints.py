@@ -53,6 +53,9 @@ def test_a_hint_is_in_the_prompt_text_only():
         assert b.conditions == asked == a.conditions and b.seed == a.seed and b.grammar == a.grammar
         assert b.hint and f"elements={b.hint['elements']}" in tokenizer.decode(b.prompt_ids)
         assert "elements=" not in tokenizer.decode(a.prompt_ids)
+    # a model never trained with elements= gets no hint
+    unaware = {**info, "conditions": [c for c in info["conditions"] if c != "elements"]}
+    assert not any(r.hint for r in build_requests(SampleJob("unused", 4, asked, hint=H.ElementHints(1.0)), model, None, tokenizer, unaware))
 
 
 def test_the_shipped_table_is_what_the_builder_makes_from_mp20():
