@@ -29,7 +29,7 @@ from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Hashable, Iterable, Iterator, Sequence
 
 from tqdm.auto import tqdm
 
@@ -129,9 +129,16 @@ def imap(fn: Callable[[Any], Any], items: Iterable[Any], workers: Workers, *, de
 
 
 def map_ordered(fn: Callable[[Any], Any], items: Sequence[Any], workers: Workers, desc: str | None = None,
-                chunksize: int = 8) -> list[Any]:
-    """`fn` over `items`, results in input order (the evaluation's per-sample work)."""
-    return list(imap(fn, items, workers, desc=desc, chunksize=chunksize))
+                chunksize: int = 8, keys: Sequence[Hashable] | None = None) -> list[Any]:
+    """`fn` over `items`, results in input order (the evaluation's per-sample work). `keys`: items with equal keys
+    (e.g. the same CIF text) have equal results, so each key is computed once and its result given to every item."""
+    if keys is None:
+        return list(imap(fn, items, workers, desc=desc, chunksize=chunksize))
+    first: dict[Hashable, int] = {}
+    for i, key in enumerate(keys):
+        first.setdefault(key, i)
+    results = dict(zip(first, imap(fn, [items[i] for i in first.values()], workers, desc=desc, chunksize=chunksize)))
+    return [results[key] for key in keys]
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterator[list[Any]]:

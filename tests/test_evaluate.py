@@ -289,3 +289,30 @@ def test_a_tables_parsed_crystals_are_cached_and_read_back_the_same(tmp_path, mo
     for _ in range(2):
         assert context.read_structures(mixed, "cif", [str(CifWriter(disordered))], 1)[0] is disordered
     assert len(calls) == 2
+
+
+CALLS: list = []
+
+
+def _counted_square(x):
+    CALLS.append(x)
+    return x * x
+
+
+def test_repeated_crystal_texts_are_computed_once_with_the_same_results():
+    """Issue 30, nothing computed twice: equal keys are computed once, every item gets the result, in order; repeated
+    CIF texts are parsed and fingerprinted once and give what computing each row would."""
+    from xtallm.pipelines.evaluation import coverage as C
+    from xtallm.pipelines.evaluation.context import parse_many
+    from xtallm.pipelines.parallel import Workers, map_ordered
+
+    CALLS.clear()
+    assert map_ordered(_counted_square, [3, 4, 3, 5, 4], Workers(1), keys=[3, 4, 3, 5, 4]) == [9, 16, 9, 25, 16]
+    assert CALLS == [3, 4, 5]
+    cifs = read_shared("mp20/val.csv.xz", n=4, seed=5).cif.tolist()
+    rows = [cifs[0], cifs[1], cifs[0], None, cifs[2], cifs[1]]
+    parsed = parse_many(rows, 1, "reading")
+    assert parsed[3] is None and parsed[0] is not parsed[2] and parsed[0] == parsed[2]  # copies, not one shared object
+    once = C.fingerprints(parsed, 1, keys=rows)
+    each = C.fingerprints(parsed, 1)
+    assert np.array_equal(once[0], each[0], equal_nan=True) and np.array_equal(once[1], each[1], equal_nan=True)

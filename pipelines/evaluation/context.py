@@ -30,7 +30,17 @@ def parse(cif: str | None) -> Structure | None:
 
 
 def parse_many(cifs: list[str | None], workers: Workers | int, desc: str) -> list[Structure | None]:
-    return map_ordered(parse, cifs, as_workers(workers), desc, chunksize=64)
+    """Each distinct CIF text parsed once; a repeated one gets its own copy (no two rows share a Structure)."""
+    parsed = map_ordered(parse, cifs, as_workers(workers), desc, chunksize=64, keys=cifs)
+    seen: set[int] = set()
+    out = []
+    for s in parsed:
+        if s is not None and id(s) in seen:
+            s = s.copy()
+        elif s is not None:
+            seen.add(id(s))
+        out.append(s)
+    return out
 
 
 SYMMETRY_VERSION = "1"  # of the cached reference symmetry (groups and Wyckoff labels)
@@ -258,7 +268,8 @@ class EvalContext:
         todo = [i for i, (sample, s) in enumerate(zip(self.samples, self.structures))
                 if s is not None and (sample.group is None or sample.record is None)]
         items = [(self.structures[i], self.samples[i].dim or (2 if self.samples[i].is_layer else 3)) for i in todo]
-        return dict(zip(todo, map_ordered(symmetry_of, items, self.workers, "sample symmetry", chunksize=16)))
+        keys = [(self.samples[i].cif, dim) for i, (_, dim) in zip(todo, items)]  # the same crystal text: analysed once
+        return dict(zip(todo, map_ordered(symmetry_of, items, self.workers, "sample symmetry", chunksize=16, keys=keys)))
 
     @cached_property
     def groups(self) -> list[GroupId | None]:

@@ -246,9 +246,11 @@ def _stack(results: Sequence[tuple[np.ndarray, np.ndarray] | None]) -> tuple[np.
     return s, c
 
 
-def fingerprints(structures: Sequence[Structure | None], workers: "Workers | int" = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:
-    """Structure and raw composition fingerprints of many crystals, in parallel (NaN rows where none)."""
-    return _stack(map_ordered(fingerprint, structures, as_workers(workers), desc))
+def fingerprints(structures: Sequence[Structure | None], workers: "Workers | int" = 2, desc: str = "fingerprints",
+                 keys: Sequence | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Structure and raw composition fingerprints of many crystals, in parallel (NaN rows where none); `keys` (e.g.
+    each crystal's CIF text): crystals with equal keys are fingerprinted once."""
+    return _stack(map_ordered(fingerprint, structures, as_workers(workers), desc, keys=keys))
 
 
 def fingerprints_of_cifs(cifs: Sequence[str | None], workers: "Workers | int" = 2, desc: str = "fingerprints") -> tuple[np.ndarray, np.ndarray]:

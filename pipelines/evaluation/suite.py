@@ -74,7 +74,8 @@ def coverage(ctx: EvalContext) -> dict[str, Any]:
     ref = ctx.reference
     ref_struct, ref_comp = C.reference_fingerprints(ref.path, ref.cifs, ctx.workers, column=ref.column, use_cache=o.use_cache)
     parsed = [i for i, s in enumerate(ctx.structures) if s is not None]
-    fp_struct, fp_comp = C.fingerprints([ctx.structures[i] for i in parsed], ctx.workers, desc="coverage fingerprints")
+    fp_struct, fp_comp = C.fingerprints([ctx.structures[i] for i in parsed], ctx.workers, desc="coverage fingerprints",
+                                        keys=[ctx.samples[i].cif for i in parsed])  # a repeated crystal text: once
     valid = np.array([ctx.valid[i] for i in parsed], dtype=bool)
     cdvae = C.coverage(fp_struct, fp_comp, ref_struct, ref_comp, ctx.n, *cutoffs)
     only_valid = C.coverage(fp_struct[valid], fp_comp[valid], ref_struct, ref_comp, ctx.n, *cutoffs)
