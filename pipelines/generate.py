@@ -14,7 +14,7 @@ only does what is missing. Without refinement the sampler's rows are copied as t
 `--screen N` (a property request: band_gap, formation_energy, density, hhi, n_atoms) draws N crystals per sample
 (DIR/llm/), predicts the requested properties of every unrefined draw (pipelines/evaluation/properties.py), refines
 the `screen.refine_best` closest of each sample (DIR/draws/), and keeps the valid refined draw whose predictions are
-closest to the request; a sample with no valid draw keeps its closest. With `screen.hints`, that share of the
+closest to the request; a sample with no valid draw keeps its first shortlisted one. With `screen.hints`, that share of the
 draws writes in its prompt the elements of a training crystal that has the requested band gap or formation energy
 (pipelines/property_hints.py): the model follows the hint often, the screen keeps what lands. Every kept row says
 `draws` and, in `screen`, what the predictor gave; summary.json counts the draws.
