@@ -13,6 +13,13 @@ energy, each two-condition prompt) of each arm: MAE against the request and agai
 the family, share within tolerance, validity, novelty (with --train), and what the structure decides (sg, elements).
 
 `report` prints the tables and writes the JSON.
+
+    python benchmarks/bench_property_requests.py hints --work runs/props_hints --per-prompt 80 --out benchmarks/results/property_hints.json
+
+`hints` measures what the element hints do to single draws: for band gap 0, 3, 5 eV and formation energy -3 and
+0 eV/atom, --per-prompt draws each with `screen.hints` = 0.5 (so half hinted, half as the model draws, same
+prompts), unrefined, the CGCNN prediction of every parsed draw: per prompt and kind, the share within the
+predictor's tolerance, the quartiles, and how often the draw's elements are exactly the hinted ones.
 """
 
 from __future__ import annotations
@@ -120,6 +127,47 @@ def report(args) -> None:
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
 
 
+HINT_PROMPTS = [{"dim": 3, "band_gap": 0.0}, {"dim": 3, "band_gap": 3.0}, {"dim": 3, "band_gap": 5.0},
+                {"dim": 3, "formation_energy": -3.0}, {"dim": 3, "formation_energy": 0.0}]
+
+
+def hints(args) -> None:
+    import numpy as np
+
+    from xtallm.pipelines.evaluation import properties as P
+    from xtallm.pipelines.property_hints import ElementHints
+    from xtallm.pipelines.sample import SampleJob, SampleOptions, run_sample
+    from xtallm.pipelines.samples import read_samples
+    from xtallm.tokenization.conditions import validate_conditions
+
+    work = Path(args.work)
+    started = time.perf_counter()
+    sampled = run_sample(SampleJob(str(work / "llm"), args.per_prompt, condition_sets=HINT_PROMPTS,
+                                   options=SampleOptions(seed=args.seed), hint=ElementHints(0.5)))
+    rows = [r for r in read_samples(work / "llm" / "samples.jsonl") if r.ok and r.structure() is not None]
+    predicted = P.predict_requested(rows, unrefined=True)
+    result = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv), "hint_share": 0.5, "per_prompt": args.per_prompt,
+              "sampling": {k: sampled[k] for k in ("samples", "seconds", "samples_per_s")}, "prompts": []}
+    for prompt in HINT_PROMPTS:
+        key = next(k for k in prompt if k in P.PREDICTORS)
+        asked, p = prompt[key], P.predictor(key)
+        entry = {"request": prompt}
+        for kind in ("free", "hinted"):
+            mine = [(r, v[key]) for r, v in zip(rows, predicted)
+                    if r.conditions == prompt and bool(r.extra.get("hint")) == (kind == "hinted") and v.get(key) is not None]
+            values = np.array([v for _, v in mine])
+            followed = [validate_conditions({"elements": [str(e) for e in r.structure().composition.elements]})["elements"]
+                        == r.extra["hint"]["elements"] for r, _ in mine] if kind == "hinted" else []
+            entry[kind] = {"n": len(values), "within_tolerance": float(np.mean([p.within(asked, v) for v in values])),
+                           "quartiles": np.percentile(values, [25, 50, 75]).round(3).tolist(),
+                           "followed_hint": float(np.mean(followed)) if followed else None}
+            print(f"{key}={asked:g} {kind:6s}: n {len(values)}, within {entry[kind]['within_tolerance']:.2f}, quartiles "
+                  f"{entry[kind]['quartiles']}" + (f", elements as hinted {entry[kind]['followed_hint']:.2f}" if followed else ""))
+        result["prompts"].append(entry)
+    result["seconds"] = time.perf_counter() - started
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -138,11 +186,16 @@ def main() -> int:
     e.add_argument("--num-proc", type=int, default=1)
     e.add_argument("--train", action="append")
     e.add_argument("--train-meta", action="append")
+    h = sub.add_parser("hints", help="single draws with and without element hints (unrefined, predicted)")
+    h.add_argument("--work", required=True)
+    h.add_argument("--per-prompt", type=int, default=80)
+    h.add_argument("--seed", type=int, default=5)
+    h.add_argument("--out", required=True)
     w = sub.add_parser("report")
     w.add_argument("--work", required=True)
     w.add_argument("--out", required=True)
     args = parser.parse_args()
-    {"run": run, "evaluate": evaluate, "report": report}[args.what](args)
+    {"run": run, "evaluate": evaluate, "report": report, "hints": hints}[args.what](args)
     return 0
 
 
