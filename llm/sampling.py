@@ -156,6 +156,11 @@ class VllmSampler:
             kwargs["data_parallel_size"] = options.data_parallel_size
         if options.vllm_compile == "no" or (options.vllm_compile == "auto" and not _on_gpu()):
             kwargs["enforce_eager"] = True
+        if not _on_gpu():
+            # A prompt prefilled in chunks has its first sampled tokens discarded, and vLLM then rewinds the request's
+            # seeded generator, which a CPU generator cannot do ("CPU Generator does not use offset": the engine dies).
+            # Seen with many distinct prompts in one batch (hinted property requests); whole prefills avoid it.
+            kwargs.update(enable_chunked_prefill=False, max_num_batched_tokens=max(max_model_len, 8192))
         if adapters:
             kwargs.update(enable_lora=True, max_loras=len(adapters), max_lora_rank=max([adapter_rank(a) for a in adapters] + [8]))
         kwargs.update(options.extra)

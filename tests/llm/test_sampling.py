@@ -291,3 +291,22 @@ def test_an_adapter_is_checked_against_its_base_from_any_folder(base_model, adap
     err = capsys.readouterr().err
     assert "trained on another base" in err and "hidden_size" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "o" / "samples.jsonl").exists()
+
+
+@pytest.mark.parametrize("on_gpu", [False, True])
+def test_a_cpu_engine_prefills_whole_prompts(monkeypatch, on_gpu):
+    """On a CPU, vLLM dies when it rewinds a seeded request's generator after a chunked prefill ("CPU Generator does
+    not use offset", seen with many distinct hinted prompts): the CPU engine prefills whole prompts; a GPU is left as is."""
+    import vllm
+
+    from xtallm.llm import sampling
+
+    seen = {}
+    monkeypatch.setattr(vllm, "LLM", lambda **kwargs: seen.update(kwargs))
+    monkeypatch.setattr(sampling, "_on_gpu", lambda: on_gpu)
+    monkeypatch.setattr("xtallm.llm.reaper.watch", lambda: None)
+    sampling.VllmSampler("m", None, SamplingOptions(), max_model_len=768)
+    if on_gpu:
+        assert "enable_chunked_prefill" not in seen
+    else:
+        assert seen["enable_chunked_prefill"] is False and seen["max_num_batched_tokens"] >= 768
