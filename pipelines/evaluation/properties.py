@@ -30,6 +30,7 @@ from pymatgen.core import Structure
 
 RADIUS, MAX_NEIGHBOURS, GAUSSIAN_STEP = 8.0, 12, 0.2  # the graphs the shipped CGCNN models were trained on
 BATCH = 64
+PROGRESS_FROM = 256  # crystals: fewer are done in a few seconds, without a progress bar
 METAL_THRESHOLD = 0.5
 
 
@@ -159,8 +160,10 @@ def _model(name: str) -> CGCNN:
 
 
 def _graphs(structures: Sequence[Structure | None]) -> tuple[list[int], list[tuple]]:
+    from tqdm.auto import tqdm
+
     keep, graphs = [], []
-    for i, s in enumerate(structures):
+    for i, s in enumerate(tqdm(structures, desc="crystal graphs", leave=False, disable=len(structures) < PROGRESS_FROM)):
         if s is None or len(s) == 0:
             continue
         try:
@@ -233,10 +236,14 @@ def predict_requested(samples: Sequence[Any], unrefined: bool = False) -> list[d
     """Per sample (a `Sample`: its `conditions`, `valid`, `structure()`), the predictions of the properties its prompt
     requests and a predictor scores; {} for an invalid sample or one that requests none. One predictor call per property.
     `unrefined`: every parsed sample is predicted (a draw before refinement has no validity yet)."""
+    from tqdm.auto import tqdm
+
     predicted: list[dict[str, float | None]] = [{} for _ in samples]
     for key in sorted({k for s in samples for k in s.conditions if k in PREDICTORS}):
         which = [i for i, s in enumerate(samples) if key in s.conditions and (s.ok if unrefined else s.valid)]
-        values = predictor(key).predict([samples[i].structure() for i in which], [samples[i].dim or 3 for i in which])
+        structures = [samples[i].structure() for i in tqdm(which, desc=f"reading crystals ({key})", leave=False,
+                                                             disable=len(which) < PROGRESS_FROM)]
+        values = predictor(key).predict(structures, [samples[i].dim or 3 for i in which])
         for i, value in zip(which, values):
             predicted[i][key] = value
     return predicted
