@@ -67,6 +67,8 @@ def run(args) -> None:
     work = Path(args.work)
     adapter = ["--adapter", args.adapter] if args.adapter else []
     for arm, flags in ARMS.items():
+        if (work / arm / "summary.json").exists() and (work / f"{arm}_seconds.txt").exists():
+            continue  # finished: its seconds stay those of the run that made it (a resumed run's count only its part)
         if arm == "screened" and args.draws:
             flags = ["--screen", str(args.draws)]
         started = time.perf_counter()

@@ -2,7 +2,7 @@
 
     xtallm generate --num-samples 100 --out outputs/generate                # the shipped recipe, embedded models
     xtallm generate --config configs/pipeline/monolayers.yaml --condition dim=2 --condition lg=78 --out DIR
-    xtallm generate --condition band_gap=2 --screen 8 --num-samples 100 --out DIR   # best of 8 draws by the predictor
+    xtallm generate --condition band_gap=2 --num-samples 100 --out DIR   # screened: 16 draws a sample, 3 refined
 
 The recipe is configs/pipeline/default.yaml (shipped with the package) unless --config names
 another; its `sample:` section takes every `xtallm sample` setting, its `refine:` section every
