@@ -68,8 +68,9 @@ class ScreenStage:
     def check(self) -> None:
         if self.refine_best < 1:
             raise ValueError(f"screen.refine_best must be >= 1, got {self.refine_best}")
-        if not 0 <= self.hints <= 1:
-            raise ValueError(f"screen.hints must be in [0, 1], got {self.hints}")
+        from .property_hints import check_share
+
+        check_share(self.hints)
 
 
 @dataclass

@@ -84,12 +84,17 @@ def check_trained_range(conditions: dict[str, Any]) -> None:
                                  "ask within that range")
 
 
+def check_share(share: float) -> None:
+    """The one check of `screen.hints`."""
+    if not 0 <= share <= 1:
+        raise ValueError(f"screen.hints must be in [0, 1], got {share}")
+
+
 class ElementHints:
     """hint(conditions, seed): with probability `share`, an `elements` hint drawn for the request (seeded: resumable)."""
 
     def __init__(self, share: float):
-        if not 0 <= share <= 1:
-            raise ValueError(f"screen.hints must be in [0, 1], got {share}")
+        check_share(share)
         self.share = share
 
     def __call__(self, conditions: dict[str, Any], seed: int) -> dict[str, Any] | None:
@@ -110,10 +115,10 @@ def build_table(data: Path) -> pd.DataFrame:
     val["elements"] = [sorted(set(eval_list(e))) for e in val["elements"]]
     rows = pd.concat([train, val], ignore_index=True).drop_duplicates("material_id")
     rows = rows[~rows["material_id"].isin(heldout)]
-    from pymatgen.core import Element
+    from xtallm.tokenization.conditions import validate_conditions
 
-    # ordered as a prompt writes them (tokenization.conditions: by atomic number)
-    out = pd.DataFrame({"elements": [",".join(sorted(e, key=lambda s: Element(s).Z)) for e in rows["elements"]]})
+    # written as a prompt writes them (the conditions' own normalisation: by atomic number)
+    out = pd.DataFrame({"elements": [validate_conditions({"elements": e})["elements"] for e in rows["elements"]]})
     for key, column in COLUMNS.items():
         out[key] = rows[column].round(4).to_numpy()
     return out.sort_values(["elements", *COLUMNS]).reset_index(drop=True)
