@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 
 from xtallm.pipelines.cli import main
@@ -138,3 +139,13 @@ def test_a_property_request_is_screened_by_default_and_nothing_else_is():
     assert not auto_screen(config, {"dim": 3, "mag_density": 0.1}, None)  # a property with no predictor
     assert not auto_screen(replace(config, refine=replace(config.refine, redraw_invalid=2)), {"band_gap": 2.0}, None)
     assert not auto_screen(replace(config, refine=replace(config.refine, enabled=False)), {"band_gap": 2.0}, None)
+
+
+@pytest.mark.parametrize("setting, message", [("screen.refine_best=0", "screen.refine_best must be >= 1"),
+                                               ("screen.hints=1.5", "screen.hints must be in [0, 1]")])
+def test_bad_screen_settings_are_refused_in_one_line(tmp_path, capsys, setting, message):
+    code = main(["generate", "--num-samples", "1", "--condition", "band_gap=2", "--set", setting, "--out", str(tmp_path / "g"),
+                 "--backend", "hf"])
+    err = capsys.readouterr().err
+    assert code != 0 and message in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "g" / "llm").exists()  # refused before any sampling
